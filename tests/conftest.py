@@ -1,0 +1,42 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+
+# Tests never wait for the hub: the ones about an unreachable hub set their own environment.
+os.environ.setdefault("HF_HOME", str(ROOT / ".pytest_cache" / "hf"))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# A quick run of the real default config: the shipped vit-micro on a slice of Fashion-MNIST.
+QUICK = ["data.train_size=512", "data.val_size=256", "data.test_size=512", "train.epochs=2", "train.batch_size=64",
+         "vcon.epochs=1", "train.log_every=1"]
+
+
+def make_config(*overrides: str):
+    """The real config tree composed by Hydra, as run.py would, with these overrides."""
+    import vcon  # noqa: F401  (registers the ${asset:...} resolver)
+
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+@pytest.fixture
+def config():
+    return make_config
+
+
+requires_fashion_mnist = pytest.mark.skipif(not FASHION_MNIST.exists(),
+                                            reason="apt-get install dataset-fashion-mnist")
+
+
+def run_py(*args: str, cwd: Path = ROOT, env: dict | None = None, timeout: float = 300):
+    import subprocess
+
+    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})

@@ -1,0 +1,101 @@
+"""Blending: weight-blend equals output-blend, straight-through gradients, and a free original branch at β = 0."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vcon.blend import Beta, BlendedBranches, BlendedLinear, blend_, drop_originals
+from vcon.compression import from_config
+
+PRUNE = {"name": "prune", "ratio": 0.75}
+BINARY = {"name": "quant", "bits": 1}
+PRUNE_BINARY = {"name": "chain", "steps": [PRUNE, BINARY]}
+
+
+def two_layer_net(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 8))
+
+
+@pytest.mark.parametrize("settings", [PRUNE, BINARY, PRUNE_BINARY])
+@pytest.mark.parametrize("beta", [1.0, 0.7, 0.25, 0.0])
+def test_weight_blend_equals_output_blend(settings, beta):
+    compression = from_config(settings)
+    f = two_layer_net()[0]
+    g = nn.Linear(16, 32)
+    with torch.no_grad():
+        g.weight.copy_(compression.compress(f.weight))
+        g.bias.copy_(f.bias)
+    blended = BlendedLinear(f, compression, Beta(beta))
+    x = torch.randn(10, 16)
+    assert torch.allclose(blended(x), beta * f(x) + (1 - beta) * g(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("settings", [PRUNE, BINARY, PRUNE_BINARY])
+def test_latent_weight_gets_the_gradient_taken_at_the_effective_weight(settings):
+    compression = from_config(settings)
+    f = nn.Linear(16, 32)
+    beta = 0.4
+    w_eff = (beta * f.weight + (1 - beta) * compression.compress(f.weight)).detach().requires_grad_()
+    x = torch.randn(10, 16)
+    F.linear(x, w_eff, f.bias.detach()).pow(2).sum().backward()
+
+    blended = BlendedLinear(f, compression, Beta(beta))
+    blended(x).pow(2).sum().backward()
+    assert torch.allclose(f.weight.grad, w_eff.grad, atol=1e-5)
+    pruned = compression.compress(f.weight) == 0
+    if pruned.any():  # pruned weights receive a gradient too (straight-through), so they can grow back
+        assert (f.weight.grad[pruned] != 0).all()
+
+
+def test_low_rank_blends_outputs_and_drops_the_original_at_zero():
+    net = two_layer_net()
+    x = torch.randn(4, 16)
+    dense_out = net(x).detach()
+    lrd = from_config({"name": "lrd", "rank": 4})
+    beta = blend_(net, lrd, ["0", "2"])
+    assert isinstance(net[0], BlendedBranches) and isinstance(net[2], BlendedBranches)
+    assert torch.allclose(net(x), dense_out)  # β = 1: the original network
+
+    beta.value = 0.3
+    h = net[0].original(x), net[0].compressed(x)
+    assert torch.allclose(net[0](x), 0.3 * h[0] + 0.7 * h[1], atol=1e-6)
+
+    optimizer = torch.optim.AdamW(net.parameters())
+    net(x).sum().backward()
+    optimizer.step()
+    before = sum(p.numel() for p in net.parameters())
+    originals = sum(p.numel() for m in (net[0], net[2]) for p in m.original.parameters())
+    beta.value = 0.0
+    assert drop_originals(net, optimizer) == 4  # weight and bias of two layers
+    assert net[0].original is None
+    assert sum(p.numel() for p in net.parameters()) == before - originals
+    in_optimizer = [p for group in optimizer.param_groups for p in group["params"]]
+    assert {id(p) for p in in_optimizer} == {id(p) for p in net.parameters()}
+    assert set(map(id, optimizer.state)) <= {id(p) for p in in_optimizer}
+    assert not any(k.startswith("0.original") for k in net.state_dict())
+    out = net(x)
+    assert torch.allclose(out, net[2].compressed(F.gelu(net[0].compressed(x))))
+    optimizer.zero_grad()
+    out.sum().backward()
+    optimizer.step()  # training goes on with the compressed branches only
+
+
+def test_weight_compressions_keep_the_dense_state_dict_keys():
+    net = two_layer_net()
+    keys = set(net.state_dict())
+    blend_(net, from_config(PRUNE), ["0", "2"])
+    assert set(net.state_dict()) == keys
+
+
+def test_beta_fixed_restores_the_value():
+    beta = Beta(0.6)
+    with beta.fixed(0.0):
+        assert beta.value == 0.0
+    assert beta.value == 0.6
+
+
+def test_dense_baseline_wraps_nothing():
+    net = two_layer_net()
+    blend_(net, from_config({"name": "none"}), ["0", "2"])
+    assert isinstance(net[0], nn.Linear) and isinstance(net[2], nn.Linear)

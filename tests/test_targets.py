@@ -1,0 +1,57 @@
+"""Module targeting on the installed transformers' ViT, without relying on its attribute names."""
+import pytest
+from omegaconf import OmegaConf
+from torch import nn
+from transformers import ViTConfig, ViTForImageClassification
+
+from vcon.errors import ConfigError
+from vcon.targets import block_lists, select
+
+DEFAULT = {"within": "blocks", "types": ["Linear"], "include": ["*"], "exclude": []}
+
+
+@pytest.fixture(scope="module")
+def vit_tiny():
+    """ViT-T/16's real shape (12 blocks, width 192) with random weights: the hub is not needed to test targeting."""
+    return ViTForImageClassification(ViTConfig(hidden_size=192, num_hidden_layers=12, num_attention_heads=3,
+                                               intermediate_size=768, num_labels=10))
+
+
+def target(**kw):
+    return OmegaConf.create({**DEFAULT, **kw})
+
+
+def test_default_targets_every_linear_in_the_blocks(vit_tiny):
+    chosen = select(vit_tiny, target())
+    assert len(chosen) == 72  # q, k, v, attention output, MLP in, MLP out: 6 per block, 12 blocks
+    assert all(isinstance(m, nn.Linear) for m in chosen.values())
+    head = vit_tiny.get_output_embeddings() if hasattr(vit_tiny, "get_output_embeddings") else None
+    assert vit_tiny.classifier not in chosen.values()
+    assert head is None or head not in chosen.values()
+    patch = [m for m in vit_tiny.modules() if isinstance(m, nn.Conv2d)]
+    assert patch and not any(m in chosen.values() for m in patch)
+    shapes = sorted({tuple(m.weight.shape) for m in chosen.values()})
+    assert shapes == [(192, 192), (192, 768), (768, 192)]
+
+
+def test_blocks_are_found_structurally(vit_tiny):
+    (blocks,) = block_lists(vit_tiny)
+    assert len(vit_tiny.get_submodule(blocks)) == 12
+
+
+def test_patterns_narrow_the_choice(vit_tiny):
+    mlp_out = [n for n, m in vit_tiny.named_modules() if isinstance(m, nn.Linear) and m.in_features == 768]
+    name = mlp_out[0].rsplit(".", 1)[1]
+    assert len(select(vit_tiny, target(include=[f"*.{name}"]))) == 12
+    assert len(select(vit_tiny, target(exclude=[f"*.{name}"]))) == 60
+    assert len(select(vit_tiny, target(within="all"))) == 73  # the classifier head too
+
+
+def test_no_match_is_an_error_naming_the_pattern(vit_tiny):
+    with pytest.raises(ConfigError, match=r"include=\['\*\.nothing'\].*matches no module"):
+        select(vit_tiny, target(include=["*.nothing"]))
+
+
+def test_unknown_type_is_an_error(vit_tiny):
+    with pytest.raises(ConfigError, match="target.types='Dense'"):
+        select(vit_tiny, target(types=["Dense"]))

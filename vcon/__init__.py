@@ -1,0 +1,8 @@
+"""Vanishing Contributions: compress a network by fading each block into its compressed form while fine-tuning."""
+from omegaconf import OmegaConf
+
+from vcon.model import asset
+
+__version__ = "0.1.0"
+
+OmegaConf.register_new_resolver("asset", asset, replace=True)

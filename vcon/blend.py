@@ -1,0 +1,129 @@
+"""The VCON verb: ``blend_(model, compression, names)`` puts every named block beside its compressed form.
+
+Each targeted module then computes ``β·f(x) + (1−β)·g(x)`` with one β shared by the whole model (``Beta``), which
+the training loop moves from 1 to 0 along the schedule.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vcon.compression import Compression, ModuleCompression, WeightCompression
+
+
+class Beta:
+    """The current β: 1 is the original network, 0 the compressed one. Shared by every blended module."""
+
+    def __init__(self, value: float = 1.0) -> None:
+        self.value = value
+
+    @contextlib.contextmanager
+    def fixed(self, value: float) -> Iterator[None]:
+        """Temporarily evaluate at another β (e.g. the fully compressed model during the transition)."""
+        saved, self.value = self.value, value
+        try:
+            yield
+        finally:
+            self.value = saved
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Forward: ``W_eff = β·W + (1−β)·C(W)``. Backward: the gradient at ``W_eff`` goes unchanged to the latent W."""
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, beta: float, compress: Callable[[torch.Tensor], torch.Tensor]):
+        compressed = compress(weight)
+        return compressed if beta <= 0 else torch.lerp(compressed, weight, beta)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, None, None
+
+
+class BlendedLinear(nn.Module):
+    """A linear layer whose compressed form is the same layer with weights ``C(W)``: VCON blends the weights, one
+    matmul. It keeps the original ``weight``/``bias`` parameters, so state-dict keys are those of the dense model."""
+
+    def __init__(self, linear: nn.Linear, compression: WeightCompression, beta: Beta) -> None:
+        super().__init__()
+        self.weight = linear.weight
+        self.bias = linear.bias
+        self.compression = compression
+        self.beta = beta
+
+    def effective_weight(self) -> torch.Tensor:
+        if self.beta.value >= 1:
+            return self.weight
+        return _StraightThrough.apply(self.weight, self.beta.value, self.compression.compress)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.effective_weight(), self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[1]}, {self.weight.shape[0]}, compression={self.compression}"
+
+
+class BlendedBranches(nn.Module):
+    """A module whose compressed form has another structure: both branches run and their outputs are blended.
+    Once β reaches 0, ``drop_original`` removes f, so it is neither computed nor trained nor kept."""
+
+    def __init__(self, original: nn.Module, compressed: nn.Module, beta: Beta) -> None:
+        super().__init__()
+        self.original = original
+        self.compressed = compressed
+        self.beta = beta
+        self.original_shape = tuple(original.weight.shape)  # kept for the figures once f is gone
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        beta = self.beta.value
+        if self.original is None or beta <= 0:
+            return self.compressed(x)
+        if beta >= 1:
+            return self.original(x)
+        return torch.lerp(self.compressed(x), self.original(x), beta)
+
+    def drop_original(self) -> list[nn.Parameter]:
+        dropped = [] if self.original is None else list(self.original.parameters())
+        self.original = None
+        return dropped
+
+
+def blend_(model: nn.Module, compression: Compression, names: list[str], beta: Beta | None = None) -> Beta:
+    """Replace each module in ``names`` (from ``vcon.targets.select``) by its blend with its compressed form.
+    Returns the β that drives them all. The dense baseline (``compression=none``) wraps nothing."""
+    beta = beta or Beta()
+    if compression.identity:
+        return beta
+    for name in names:
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        original = getattr(parent, attr)
+        if isinstance(compression, WeightCompression):
+            blended = BlendedLinear(original, compression, beta)
+        elif isinstance(compression, ModuleCompression):
+            blended = BlendedBranches(original, compression.build(original), beta)
+        else:
+            raise TypeError(f"{type(compression).__name__} is neither a weight nor a module compression")
+        setattr(parent, attr, blended)
+    return beta
+
+
+def drop_originals(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> int:
+    """At β = 0: remove every original branch from the model (and its parameters and state from ``optimizer``).
+    Returns how many parameters were dropped."""
+    dropped = [p for m in model.modules() if isinstance(m, BlendedBranches) for p in m.drop_original()]
+    if optimizer is not None and dropped:
+        gone = {id(p) for p in dropped}
+        for group in optimizer.param_groups:
+            group["params"] = [p for p in group["params"] if id(p) not in gone]
+        for p in dropped:
+            optimizer.state.pop(p, None)
+    return len(dropped)
+
+
+def blended_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    return ((n, m) for n, m in model.named_modules() if isinstance(m, (BlendedLinear, BlendedBranches)))

@@ -1,0 +1,62 @@
+"""Low-rank decomposition: the truncated SVD of W as two thin linear layers, ``W ≈ B·A``."""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from vcon.compression.base import Footprint, ModuleCompression, register
+from vcon.errors import require
+
+
+class LowRankLinear(nn.Module):
+    """``x ↦ B(A x) + b`` with ``A`` (rank × in) and ``B`` (out × rank)."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True) -> None:
+        super().__init__()
+        self.down = nn.Linear(in_features, rank, bias=False)  # A
+        self.up = nn.Linear(rank, out_features, bias=bias)  # B
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.down(x))
+
+
+@register
+@dataclasses.dataclass
+class LowRank(ModuleCompression):
+    """``rank``: an integer, or a float in (0, 1] meaning that fraction of each layer's full rank min(out, in)."""
+
+    name = "lrd"
+    rank: int | float = 16
+
+    def __post_init__(self) -> None:
+        ok = (isinstance(self.rank, int) and self.rank >= 1) or (isinstance(self.rank, float) and 0 < self.rank <= 1)
+        require(ok, "compression.rank", self.rank, "an integer >= 1, or a fraction of full rank in (0, 1]")
+
+    def rank_for(self, out_features: int, in_features: int) -> int:
+        full = min(out_features, in_features)
+        return max(1, round(self.rank * full)) if isinstance(self.rank, float) else self.rank
+
+    def check(self, layers: dict[str, nn.Linear]) -> None:
+        for name, layer in layers.items():
+            full = min(layer.out_features, layer.in_features)
+            require(self.rank_for(layer.out_features, layer.in_features) <= full, "compression.rank", self.rank,
+                    f"at most {full}, the full rank of layer {name} ({layer.out_features}x{layer.in_features})")
+
+    @torch.no_grad()
+    def build(self, linear: nn.Linear) -> LowRankLinear:
+        rank = self.rank_for(linear.out_features, linear.in_features)
+        u, s, vh = torch.linalg.svd(linear.weight.float(), full_matrices=False)
+        g = LowRankLinear(linear.in_features, linear.out_features, rank, bias=linear.bias is not None)
+        g.to(device=linear.weight.device, dtype=linear.weight.dtype)
+        g.down.weight.copy_(vh[:rank])  # A = V_r^T
+        g.up.weight.copy_(u[:, :rank] * s[:rank])  # B = U_r diag(S_r)
+        if linear.bias is not None:
+            g.up.bias.copy_(linear.bias)
+        return g
+
+    def footprint(self, fp: Footprint, weight_shape: torch.Size) -> Footprint:
+        out_features, in_features = weight_shape
+        return Footprint(self.rank_for(out_features, in_features) * (out_features + in_features), fp.value_bits,
+                         fp.overhead_bits)

@@ -1,0 +1,68 @@
+"""Everything that may touch the Hugging Face Hub goes through here, so that an unreachable hub is reported at
+once, with the offline alternatives, instead of after minutes of retries and a long traceback."""
+from __future__ import annotations
+
+import functools
+import os
+import urllib.error
+import urllib.request
+from typing import Any
+
+from vcon.errors import ConfigError
+
+OFFLINE_OPTIONS = ("offline options: model=vit-micro (shipped in this repository) or model=vit-micro-scratch, "
+                   "with data=fashion-mnist (Debian's dataset-fashion-mnist) or data=imagefolder data.path=<folder>")
+
+
+class HubUnavailable(ConfigError):
+    pass
+
+
+def offline_mode() -> bool:
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+@functools.cache
+def reachable(timeout: float = 5.0) -> bool:
+    """One quick request to the hub's endpoint, no retries."""
+    from huggingface_hub import constants
+
+    try:
+        urllib.request.urlopen(constants.ENDPOINT, timeout=timeout).close()
+        return True
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _unavailable(what: str, error: Exception | None = None) -> HubUnavailable:
+    detail = f" ({type(error).__name__}: {str(error).splitlines()[0]})" if error else ""
+    return HubUnavailable(f"the Hugging Face Hub is unreachable, so {what} cannot be downloaded{detail}. If it is in "
+                          f"your cache, set HF_HUB_OFFLINE=1; {OFFLINE_OPTIONS}")
+
+
+def require_reachable(what: str) -> None:
+    if not offline_mode() and not reachable():
+        raise _unavailable(what)
+
+
+def from_pretrained(cls: Any, name: str, **kwargs: Any) -> Any:
+    """``cls.from_pretrained(name)`` for a hub id: from the cache if it is there, else from the hub."""
+    try:
+        return cls.from_pretrained(name, local_files_only=True, **kwargs)
+    except OSError:
+        pass
+    require_reachable(f"model {name!r}")
+    try:
+        return cls.from_pretrained(name, **kwargs)
+    except OSError as error:
+        raise _unavailable(f"model {name!r}", error) from error
+
+
+def load_dataset(name: str) -> Any:
+    import datasets
+
+    require_reachable(f"dataset {name!r}")
+    try:
+        return datasets.load_dataset(name)
+    except (ConnectionError, OSError) as error:
+        raise _unavailable(f"dataset {name!r}", error) from error

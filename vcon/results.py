@@ -1,0 +1,72 @@
+"""What a run reports: compression figures of the β = 0 model, ``results.json``, and the closing table."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vcon.blend import BlendedBranches, BlendedLinear
+from vcon.compression import Compression, Footprint
+
+
+@torch.no_grad()
+def figures(net: nn.Module, compression: Compression, names: list[str]) -> dict[str, Any]:
+    """Figures over the compressed layers at β = 0: parameters before/after, storage bits per original weight (from
+    each compression's ``Footprint``), and the measured fraction of zeros in the weights that would be stored."""
+    before = after = bits = zeros = stored = 0
+    for name in names:
+        module = net.get_submodule(name)
+        if isinstance(module, BlendedBranches):
+            shape = torch.Size(module.original_shape)
+            weights = [p for n, p in module.compressed.named_parameters() if n.endswith("weight")]
+        elif isinstance(module, BlendedLinear):
+            shape, weights = module.weight.shape, [compression.compress(module.weight)]
+        else:  # the dense baseline: the layers that a compression would have targeted, as they are
+            shape, weights = module.weight.shape, [module.weight]
+        fp = compression.footprint(Footprint(shape.numel(), 32), shape)
+        before += shape.numel()
+        after += fp.values
+        bits += fp.bits
+        zeros += sum(int((w == 0).sum()) for w in weights)
+        stored += sum(w.numel() for w in weights)
+    return {
+        "name": compression.name,
+        "layers": len(names),
+        "params_before": before,
+        "params_after": after,
+        "bits_per_weight": bits / max(before, 1),
+        "zero_fraction": zeros / max(stored, 1),
+        "size_ratio": bits / max(32 * before, 1),
+    }
+
+
+def write(summary: dict[str, Any], run_dir: Path) -> Path:
+    path = Path(run_dir) / "results.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(summary, indent=2))
+    os.replace(tmp, path)
+    return path
+
+
+def table(summary: dict[str, Any], title: str) -> str:
+    """The closing table of a run, in Markdown (readable in a terminal, pastes into a README)."""
+    c = summary["compression"]
+    minutes, seconds = divmod(summary["wall_time_s"], 60)
+    rows = [
+        ("dense test accuracy", f"{summary['dense_test_acc']:.2f} %"),
+        ("compressed test accuracy (β = 0)", f"{summary['test_acc']:.2f} %"),
+        ("compressed layers", f"{c['layers']}"),
+        ("parameters in them, before → after", f"{c['params_before']:,} → {c['params_after']:,}"),
+        ("zero weights in them", f"{100 * c['zero_fraction']:.1f} %"),
+        ("bits per weight (fp32 = 32)", f"{c['bits_per_weight']:.2f}"),
+        ("optimizer steps (Q)", f"{summary['step']} ({summary['q_steps']})"),
+        ("wall time", f"{int(minutes)} min {seconds:.0f} s"),
+    ]
+    width = max(len(r[0]) for r in rows)
+    lines = [title, "", f"| {'':{width}} | value |", f"|{'-' * (width + 2)}|-------|"]
+    lines += [f"| {k:{width}} | {v} |" for k, v in rows]
+    return "\n".join(lines)
