@@ -1,5 +1,4 @@
 """Entry point: ``python run.py [group=option ...] [key=value ...]``. The work happens in ``vcon.train.run``."""
-import logging
 import sys
 
 import hydra
@@ -10,8 +9,6 @@ import vcon  # noqa: F401  (registers the ${asset:...} resolver the configs use)
 from vcon import results, train
 from vcon.errors import ConfigError
 
-log = logging.getLogger("vcon")
-
 
 @hydra.main(version_base=None, config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
@@ -19,7 +16,6 @@ def main(cfg: DictConfig) -> float:
     try:
         summary = train.run(cfg, run_dir)
     except ConfigError as error:
-        log.error("%s", error)
         print(f"vcon: error: {error}", file=sys.stderr)
         sys.exit(2)
     print(results.table(summary, f"VCON {cfg.compression.name} on {cfg.model.name} / {cfg.data.name}  ({run_dir})"))

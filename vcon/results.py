@@ -56,14 +56,16 @@ def table(summary: dict[str, Any], title: str) -> str:
     """The closing table of a run, in Markdown (readable in a terminal, pastes into a README)."""
     c = summary["compression"]
     minutes, seconds = divmod(summary["wall_time_s"], 60)
+    dense = c["name"] == "none"
     rows = [
-        ("dense test accuracy", f"{summary['dense_test_acc']:.2f} %"),
-        ("compressed test accuracy (β = 0)", f"{summary['test_acc']:.2f} %"),
+        ("test accuracy before" if dense else "dense test accuracy", f"{summary['dense_test_acc']:.2f} %"),
+        ("test accuracy after" if dense else "compressed test accuracy (β = 0)", f"{summary['test_acc']:.2f} %"),
         ("compressed layers", f"{c['layers']}"),
         ("parameters in them, before → after", f"{c['params_before']:,} → {c['params_after']:,}"),
         ("zero weights in them", f"{100 * c['zero_fraction']:.1f} %"),
         ("bits per weight (fp32 = 32)", f"{c['bits_per_weight']:.2f}"),
-        ("optimizer steps (Q)", f"{summary['step']} ({summary['q_steps']})"),
+        ("optimizer steps" if dense else "optimizer steps (of them in the transition, Q)",
+         f"{summary['step']}" if dense else f"{summary['step']} ({summary['q_steps']})"),
         ("wall time", f"{int(minutes)} min {seconds:.0f} s"),
     ]
     width = max(len(r[0]) for r in rows)

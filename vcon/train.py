@@ -20,7 +20,7 @@ from torch import nn
 
 from vcon import checkpoint, data, hub, model, results, schedule, targets
 from vcon.augment import Pipeline
-from vcon.blend import Beta, blend_, drop_originals
+from vcon.blend import blend_, drop_originals
 from vcon.compression import Compression, from_config as compression_from_config
 from vcon.errors import ConfigError, require
 
@@ -42,7 +42,7 @@ def check(cfg: Any) -> Compression:
             f"an integer divisible by train.grad_accum={t.grad_accum}")
     require(t.lr > 0 and 0 <= t.min_lr <= t.lr and 0 < t.warmup_start_lr <= t.lr, "train.lr/min_lr/warmup_start_lr",
             (t.lr, t.min_lr, t.warmup_start_lr), "0 <= min_lr <= lr and 0 < warmup_start_lr <= lr")
-    require(0 <= t.warmup_epochs < t.epochs, "train.warmup_epochs", t.warmup_epochs, "in [0, train.epochs)")
+    require(0 <= t.warmup_epochs <= t.epochs, "train.warmup_epochs", t.warmup_epochs, "in [0, train.epochs]")
     require(t.precision in ("auto", "fp32", "bf16"), "train.precision", t.precision, "auto, fp32 or bf16")
     require(cfg.device in ("auto", "cpu", "cuda"), "device", cfg.device, "auto, cpu or cuda")
     if cfg.save_pretrained and not compression.identity:
@@ -116,9 +116,11 @@ def run(cfg: Any, run_dir: str | Path, on_epoch_end: Callable[[int], None] | Non
     chosen = targets.select(net, cfg.target)
     compression.check(chosen)
     t = cfg.train
-    steps_per_epoch = len(dataset.train) // t.batch_size
-    require(steps_per_epoch >= 1, "train.batch_size", t.batch_size,
-            f"at most the {len(dataset.train)} training images")
+    require(t.epoch_size is None or (isinstance(t.epoch_size, int) and t.epoch_size > 0), "train.epoch_size",
+            t.epoch_size, "null (a full pass over the training split) or a number of images > 0")
+    epoch_images = min(t.epoch_size or len(dataset.train), len(dataset.train))
+    steps_per_epoch = epoch_images // t.batch_size
+    require(steps_per_epoch >= 1, "train.batch_size", t.batch_size, f"at most the {epoch_images} images an epoch")
     total_steps = t.epochs * steps_per_epoch
     beta_schedule = schedule.from_config(cfg.vcon, steps_per_epoch, total_steps) if not compression.identity else None
 
@@ -157,10 +159,6 @@ def run(cfg: Any, run_dir: str | Path, on_epoch_end: Callable[[int], None] | Non
         mix_rng = torch.Generator().manual_seed(cfg.seed * 100_019 + epoch)
         epoch_start, loss_sum = time.perf_counter(), 0.0
         for i in range(steps_per_epoch):
-            if beta_schedule:
-                beta.value = beta_schedule.beta(step)
-                if beta.value == 0 and drop_originals(net, optimizer):
-                    log.info("beta reached 0 at step %d: original branches dropped", step)
             batch = order[i * t.batch_size:(i + 1) * t.batch_size]
             loss_value = 0.0
             for index in batch.split(micro):
@@ -175,6 +173,10 @@ def run(cfg: Any, run_dir: str | Path, on_epoch_end: Callable[[int], None] | Non
             optimizer.zero_grad(set_to_none=True)
             lr_schedule.step()
             step += 1
+            if beta_schedule:  # β for the next step; at 0 the original branches go, before any checkpoint
+                beta.value = beta_schedule.beta(step)
+                if beta.value == 0 and drop_originals(net, optimizer):
+                    log.info("beta reached 0 at step %d: original branches dropped", step)
             loss_sum += loss_value
             if step % t.log_every == 0:
                 writer.add_scalar("train/loss", loss_value, step)
@@ -183,8 +185,6 @@ def run(cfg: Any, run_dir: str | Path, on_epoch_end: Callable[[int], None] | Non
             if not math.isfinite(loss_value):
                 raise FloatingPointError(f"loss is {loss_value} at step {step} (epoch {epoch + 1})")
         seconds = time.perf_counter() - epoch_start
-        if beta_schedule:
-            beta.value = beta_schedule.beta(step)  # the β the next step will use: what the model now is
         metrics = {"epoch": epoch + 1, "step": step, "beta": beta.value, "loss": loss_sum / steps_per_epoch,
                    "lr": optimizer.param_groups[0]["lr"], "images_per_s": steps_per_epoch * t.batch_size / seconds}
         with beta.fixed(0.0):

@@ -1,0 +1,174 @@
+"""Whole runs: run.py end to end, resume from a checkpoint, figures per compression, and bad input."""
+import hashlib
+import json
+import time
+
+import pytest
+import torch
+
+from conftest import QUICK, make_config, requires_fashion_mnist, run_py
+from vcon import checkpoint, hub, train
+from vcon.errors import ConfigError
+
+pytestmark = requires_fashion_mnist
+
+
+@pytest.mark.slow
+def test_run_py_end_to_end(tmp_path):
+    """The real entry point, the real config tree, the shipped vit-micro, real Fashion-MNIST."""
+    out = tmp_path / "run"
+    done = run_py(*QUICK, f"hydra.run.dir={out}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["dense_test_acc"] > 80  # the shipped dense model is trained, not random
+    assert 0 <= results["test_acc"] <= 100 and results["beta"] == 0.0
+    assert results["step"] == 2 * (512 // 64) and results["q_steps"] == 512 // 64
+    c = results["compression"]
+    assert c["layers"] == 24 and c["zero_fraction"] == pytest.approx(0.9, abs=1e-3)
+    assert [h["epoch"] for h in results["history"]] == [1, 2]
+    assert "val_acc_blended" in results["history"][0]  # β was 0.5 at the end of epoch 1
+    assert (out / ".hydra" / "config.yaml").exists() and list((out / "tb").glob("events.out.tfevents.*"))
+    state = checkpoint.load(out)
+    assert state["step"] == results["step"] and state["finished"]
+    assert "compressed test accuracy (β = 0)" in done.stdout and f"{results['test_acc']:.2f} %" in done.stdout
+
+
+def quick(tmp_path, *overrides, on_epoch_end=None):
+    cfg = make_config(*QUICK, "model=vit-micro-scratch", *overrides)
+    return train.run(cfg, tmp_path, on_epoch_end=on_epoch_end)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def stop_after(epochs):
+    def hook(epoch):
+        if epoch == epochs:
+            raise Interrupted
+    return hook
+
+
+@pytest.mark.parametrize("overrides", [
+    ("compression=prune", "train.epochs=3", "vcon.epochs=2"),  # interrupted during the transition
+    ("compression=lrd", "compression.rank=4", "train.epochs=3", "vcon.epochs=1"),  # after originals were dropped
+])
+def test_resumed_run_matches_an_uninterrupted_one(tmp_path, overrides):
+    whole = quick(tmp_path / "whole", *overrides)
+    with pytest.raises(Interrupted):
+        quick(tmp_path / "split", *overrides, on_epoch_end=stop_after(1))
+    assert checkpoint.load(tmp_path / "split")["epoch"] == 1
+    resumed = quick(tmp_path / "split", *overrides)
+    assert (resumed["step"], resumed["beta"]) == (whole["step"], whole["beta"])
+    assert [h["step"] for h in resumed["history"]] == [h["step"] for h in whole["history"]]
+    a, b = checkpoint.load(tmp_path / "whole")["model"], checkpoint.load(tmp_path / "split")["model"]
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert resumed["test_acc"] == pytest.approx(whole["test_acc"], abs=0.2)
+
+
+def test_finished_run_is_not_trained_again(tmp_path):
+    first = quick(tmp_path, "train.epochs=1", "vcon.epochs=0")
+    stamp = (tmp_path / "checkpoint.pt").stat().st_mtime_ns
+    assert quick(tmp_path, "train.epochs=1", "vcon.epochs=0") == first
+    assert (tmp_path / "checkpoint.pt").stat().st_mtime_ns == stamp
+
+
+def test_checkpoint_of_another_config_is_refused(tmp_path):
+    quick(tmp_path, "train.epochs=1", "vcon.epochs=0")
+    with pytest.raises(ConfigError, match=r"another run \(differs in \['compression'\]\)"):
+        quick(tmp_path, "train.epochs=1", "vcon.epochs=0", "compression=quant")
+
+
+@pytest.mark.parametrize("overrides, check", [
+    (("compression=quant",), lambda c: c["zero_fraction"] == 0 and 1 < c["bits_per_weight"] < 1.01),
+    (("compression=prune-quant", "compression.steps.0.ratio=0.75"),
+     lambda c: c["zero_fraction"] == pytest.approx(0.75, abs=1e-3) and 1.25 < c["bits_per_weight"] < 1.26),
+    (("compression=lrd", "compression.rank=8"),
+     lambda c: c["params_after"] == 4 * 8 * ((64 + 64) * 4 + (64 + 256) * 2)),
+    (("compression=none",), lambda c: c["params_after"] == c["params_before"] == 4 * (4 * 64 * 64 + 2 * 64 * 256)
+     and c["bits_per_weight"] == 32),
+    (("compression=prune", "compression.granularity=2:4", "compression.ratio=0.5"),
+     lambda c: c["zero_fraction"] == 0.5),
+])
+def test_each_compression_reports_its_figures(tmp_path, overrides, check):
+    results = quick(tmp_path, "train.epochs=1", "vcon.epochs=0.5", *overrides)
+    assert check(results["compression"]), results["compression"]
+    assert json.loads((tmp_path / "results.json").read_text())["compression"] == results["compression"]
+
+
+def test_lrd_original_branches_are_gone_once_beta_is_zero(tmp_path):
+    quick(tmp_path, "compression=lrd", "compression.rank=4", "train.epochs=2", "vcon.epochs=1")
+    keys = checkpoint.load(tmp_path)["model"].keys()
+    assert not any(".original." in k for k in keys) and any(".compressed.down." in k for k in keys)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (("compression.ratio=1.5",), "compression.ratio=1.5"),
+    (("compression=lrd", "compression.rank=0"), "compression.rank=0"),
+    (("compression=lrd", "compression.rank=65"), "compression.rank=65 .* at most 64"),
+    (("vcon.epochs=-2",), "vcon.epochs=-2"),
+    (("vcon.epochs=3",), "vcon.epochs=3 is 24 optimizer steps, longer than the run's 16"),
+    (("schedule=linear", "vcon.shape=zigzag"), "vcon.shape='zigzag'"),
+    (("target.include=[nothing*]",), r"include=\['nothing\*'\].*matches no module"),
+    (("data=imagefolder", "data.path=/no/such/folder"), "data.path='/no/such/folder'"),
+    (("train.batch_size=100", "train.grad_accum=3"), "train.batch_size=100"),
+])
+def test_bad_input_is_refused_before_training(tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        quick(tmp_path, *overrides)
+    assert not (tmp_path / "checkpoint.pt").exists() and not (tmp_path / "results.json").exists()
+
+
+def digest(folder):
+    return {p.relative_to(folder): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow
+def test_bad_input_through_run_py_exits_nonzero_and_leaves_earlier_runs_alone(tmp_path):
+    earlier = tmp_path / "outputs" / "earlier"
+    assert run_py(*QUICK, "train.epochs=1", "vcon.epochs=0", f"hydra.run.dir={earlier}", cwd=tmp_path).returncode == 0
+    before = digest(tmp_path / "outputs")
+    for args, message in [
+        (["compression=zip"], "Could not find 'compression/zip'"),
+        (["compression.ratio=1.0"], "compression.ratio=1.0 is not allowed: expected a fraction in [0, 1)"),
+        (["vcon.epochs=99"], "vcon.epochs=99"),
+        (["data=imagefolder", "data.path=/no/such"], "data.path='/no/such'"),
+    ]:
+        done = run_py(*args, cwd=tmp_path)
+        assert done.returncode != 0
+        assert message in done.stderr + done.stdout
+        assert "Traceback" not in done.stderr
+    after = digest(tmp_path / "outputs")
+    assert {k: v for k, v in after.items() if k in before} == before
+    assert not [k for k in after if k not in before and k.name in ("checkpoint.pt", "results.json")]
+
+
+@pytest.mark.slow
+def test_unreachable_hub_fails_at_once_with_the_offline_options(tmp_path):
+    for env in ({}, {"HF_HUB_OFFLINE": "1"}):
+        if not env and hub.reachable():
+            continue  # a machine with network would start downloading CIFAR-10 here
+        started = time.monotonic()
+        done = run_py("experiment=paper-vit-tiny", cwd=tmp_path, env=env)
+        assert done.returncode != 0
+        assert "Hugging Face Hub is unreachable" in done.stderr and "model=vit-micro" in done.stderr
+        assert "Traceback" not in done.stderr
+        assert time.monotonic() - started < 60
+
+
+def test_local_image_folder(tmp_path):
+    """data=imagefolder reads real PNG files through datasets; RGB 16x16 images meet a 1-channel 28x28 model."""
+    from PIL import Image
+
+    rng = torch.Generator().manual_seed(0)
+    for split, count in (("train", 24), ("test", 6)):
+        for label in ("bag", "shoe"):
+            folder = tmp_path / "images" / split / label
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = torch.randint(0, 256, (16, 16, 3), generator=rng, dtype=torch.uint8).numpy()
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    results = quick(tmp_path / "run", "data=imagefolder", f"data.path={tmp_path / 'images'}", "data.val_size=8",
+                    "data.image_size=16", "train.batch_size=8", "train.epochs=1", "vcon.epochs=1")
+    assert results["step"] == (48 - 8) // 8
+    assert 0 <= results["test_acc"] <= 100 and results["compression"]["layers"] == 24
