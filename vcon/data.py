@@ -67,6 +67,12 @@ def check(cfg: Any) -> None:
                               f"*.png|jpg (and optionally test/<class>/...); {path / 'train'} does not exist")
 
 
+def needs_hub(cfg: Any) -> bool:
+    if cfg.name == "fashion-mnist":
+        return not (Path(cfg.root) / "train-images-idx3-ubyte.gz").exists()
+    return cfg.name != "imagefolder"
+
+
 def load(cfg: Any) -> Dataset:
     """Load ``cfg.name`` and carve a fixed validation split (``val_size`` images, chosen by ``split_seed``, not by
     the run's seed, so every run of a sweep validates on the same images) from its training split."""
@@ -97,7 +103,7 @@ def _read_idx(path: Path) -> np.ndarray:
 @loader("fashion-mnist")
 def _fashion_mnist(cfg: Any) -> tuple[Split, Split]:
     root = Path(cfg.root)
-    if (root / "train-images-idx3-ubyte.gz").exists():
+    if not needs_hub(cfg):
         def split(prefix: str) -> Split:
             images = _read_idx(root / f"{prefix}-images-idx3-ubyte.gz")
             labels = _read_idx(root / f"{prefix}-labels-idx1-ubyte.gz")

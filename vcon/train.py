@@ -92,7 +92,7 @@ def run(cfg: Any, run_dir: str | Path, on_epoch_end: Callable[[int], None] | Non
     compression = check(cfg)
     if model.needs_hub(cfg.model):
         hub.require_reachable(f"model {cfg.model.pretrained!r}")
-    if cfg.data.get("hub_id") and not Path(str(cfg.data.get("root", ""))).is_dir():
+    if data.needs_hub(cfg.data):
         hub.require_reachable(f"dataset {cfg.data.hub_id!r}")
 
     state = checkpoint.load(run_dir)

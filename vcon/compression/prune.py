@@ -54,8 +54,9 @@ class Prune(WeightCompression):
             return
         m = self.group[1]
         for name, layer in layers.items():
-            require(layer.in_features % m == 0, f"compression.granularity (layer {name}, "
-                    f"{layer.in_features} inputs)", self.granularity, f"M dividing every layer's inputs")
+            if layer.in_features % m:
+                raise ConfigError(f"compression.granularity={self.granularity} is not allowed for layer {name}: its "
+                                  f"{layer.in_features} inputs do not split into groups of {m}")
 
     def keep_mask(self, weight: torch.Tensor) -> torch.Tensor:
         """Boolean mask of the kept weights; exact counts even with ties (top-k, not a threshold)."""
