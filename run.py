@@ -1,25 +1,49 @@
-"""Entry point: ``python run.py [group=option ...] [key=value ...]``. The work happens in ``vcon.train.run``."""
+"""Entry point: ``python run.py [group=option ...] [key=value ...]``; ``-m`` sweeps. The work is ``vcon.train.run``."""
+import json
+import logging
 import sys
+import traceback
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
-import vcon  # noqa: F401  (registers the ${asset:...} resolver the configs use)
+import vcon  # noqa: F401  (registers the ${asset:...} and ${run_id:} resolvers the configs use)
 from vcon import results, train
 from vcon.errors import ConfigError
 
+log = logging.getLogger("vcon")
+
 
 @hydra.main(version_base=None, config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> float:
-    run_dir = HydraConfig.get().runtime.output_dir
+def main(cfg: DictConfig) -> float | None:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         summary = train.run(cfg, run_dir)
     except ConfigError as error:
+        if in_sweep:
+            return _record_failure(run_dir, error)
         print(f"vcon: error: {error}", file=sys.stderr)
         sys.exit(2)
+    except Exception as error:  # noqa: BLE001  (a sweep goes on past a failed job; a single run fails loudly)
+        if in_sweep:
+            return _record_failure(run_dir, error)
+        raise
+    if summary is None:  # not the main process of a multi-process run
+        return None
     print(results.table(summary, f"VCON {cfg.compression.name} on {cfg.model.name} / {cfg.data.name}  ({run_dir})"))
     return summary["test_acc"]
+
+
+def _record_failure(run_dir: Path, error: Exception) -> None:
+    """Write the job's error into its folder (the sweep's table lists it) and let the sweep go on."""
+    log.error("run failed: %s: %s", type(error).__name__, error)
+    (run_dir / "error.json").write_text(json.dumps(
+        {"error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()}, indent=2))
+    return None
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """Whole runs: run.py end to end, resume from a checkpoint, figures per compression, and bad input."""
 import hashlib
 import json
+import os
+import signal
 import time
 
 import pytest
@@ -29,7 +31,7 @@ def test_run_py_end_to_end(tmp_path):
     assert "val_acc_blended" in results["history"][0]  # β was 0.5 at the end of epoch 1
     assert (out / ".hydra" / "config.yaml").exists() and list((out / "tb").glob("events.out.tfevents.*"))
     state = checkpoint.load(out)
-    assert state["step"] == results["step"] and state["finished"]
+    assert state["progress"]["step"] == results["step"] and state["finished"]
     assert "compressed test accuracy (β = 0)" in done.stdout and f"{results['test_acc']:.2f} %" in done.stdout
 
 
@@ -57,13 +59,37 @@ def test_resumed_run_matches_an_uninterrupted_one(tmp_path, overrides):
     whole = quick(tmp_path / "whole", *overrides)
     with pytest.raises(Interrupted):
         quick(tmp_path / "split", *overrides, on_epoch_end=stop_after(1))
-    assert checkpoint.load(tmp_path / "split")["epoch"] == 1
+    assert checkpoint.load(tmp_path / "split")["progress"]["epoch"] == 1
     resumed = quick(tmp_path / "split", *overrides)
     assert (resumed["step"], resumed["beta"]) == (whole["step"], whole["beta"])
     assert [h["step"] for h in resumed["history"]] == [h["step"] for h in whole["history"]]
     a, b = checkpoint.load(tmp_path / "whole")["model"], checkpoint.load(tmp_path / "split")["model"]
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     assert resumed["test_acc"] == pytest.approx(whole["test_acc"], abs=0.2)
+
+
+def test_a_stop_signal_saves_mid_epoch_and_the_run_resumes_there(tmp_path):
+    """SIGUSR2 (what submitit gets before a time limit) after epoch 1: the run saves at the next step boundary, in
+    the middle of epoch 2, and leaves; started again, it continues from that step to the same end."""
+    overrides = ("compression=prune", "train.epochs=3", "vcon.epochs=2")
+    whole = quick(tmp_path / "whole", *overrides)
+
+    def signal_after_epoch_1(epoch):
+        if epoch == 1:
+            os.kill(os.getpid(), signal.SIGUSR2)
+
+    with pytest.raises(SystemExit) as stopped:
+        quick(tmp_path / "split", *overrides, on_epoch_end=signal_after_epoch_1)
+    assert stopped.value.code == 128 + signal.SIGUSR2
+    saved = checkpoint.load(tmp_path / "split")["progress"]
+    assert (saved["epoch"], saved["batch"], saved["step"]) == (1, 1, 512 // 64 + 1)
+    assert signal.getsignal(signal.SIGUSR2) == signal.SIG_DFL  # the handler is handed back
+    resumed = quick(tmp_path / "split", *overrides)
+    assert (resumed["step"], resumed["beta"]) == (whole["step"], whole["beta"])
+    a, b = checkpoint.load(tmp_path / "whole")["model"], checkpoint.load(tmp_path / "split")["model"]
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert [h["val_acc_compressed"] for h in resumed["history"]] == pytest.approx(
+        [h["val_acc_compressed"] for h in whole["history"]], abs=0.5)
 
 
 def test_finished_run_is_not_trained_again(tmp_path):

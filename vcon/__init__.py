@@ -1,6 +1,7 @@
 """Vanishing Contributions: compress a network by fading each block into its compressed form while fine-tuning."""
 from omegaconf import OmegaConf
 
+from vcon import identity  # noqa: F401  (registers ${run_id:}, used by the run and sweep folders)
 from vcon.model import asset
 
 __version__ = "0.1.0"

@@ -1,11 +1,13 @@
 """One VCON run (the ``train`` config group): build, blend, fine-tune, evaluate, write results.
 
 Order matters for users: every setting is checked first, the hub is probed before anything is downloaded, and
-only then are data and model loaded. A run dir that holds a checkpoint is resumed from it.
+only then are data and model loaded. A run folder that holds a checkpoint is resumed from it, mid-epoch included;
+a finished one is not trained again.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -15,18 +17,17 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
-from vcon import checkpoint, data, hub, model, results, schedule, targets
+from vcon import checkpoint, data, distributed, hub, identity, model, results, schedule, targets
 from vcon.augment import Pipeline
-from vcon.blend import blend_, drop_originals
+from vcon.blend import BlendedBranches, blend_, drop_originals
 from vcon.compression import Compression, from_config as compression_from_config
 from vcon.errors import ConfigError, require
+from vcon.preemption import StopRequest
 
 log = logging.getLogger(__name__)
-# Config sections that define what a run computes: a checkpoint written under other values is not this run's.
-IDENTITY = ("seed", "model", "data", "compression", "vcon", "target", "train")
 
 
 def check(cfg: Any) -> Compression:
@@ -40,6 +41,8 @@ def check(cfg: Any) -> Compression:
     require(isinstance(t.grad_accum, int) and t.grad_accum >= 1, "train.grad_accum", t.grad_accum, "an integer >= 1")
     require(isinstance(t.batch_size, int) and t.batch_size % t.grad_accum == 0, "train.batch_size", t.batch_size,
             f"an integer divisible by train.grad_accum={t.grad_accum}")
+    require(t.epoch_size is None or (isinstance(t.epoch_size, int) and t.epoch_size > 0), "train.epoch_size",
+            t.epoch_size, "null (a full pass over the training split) or a number of images > 0")
     require(t.lr > 0 and 0 <= t.min_lr <= t.lr and 0 < t.warmup_start_lr <= t.lr, "train.lr/min_lr/warmup_start_lr",
             (t.lr, t.min_lr, t.warmup_start_lr), "0 <= min_lr <= lr and 0 < warmup_start_lr <= lr")
     require(0 <= t.warmup_epochs <= t.epochs, "train.warmup_epochs", t.warmup_epochs, "in [0, train.epochs]")
@@ -71,22 +74,36 @@ def _logits(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(net: nn.Module, split: data.Split, pipeline: Pipeline, batch_size: int, autocast: Any) -> float:
-    """Top-1 accuracy in percent."""
+def evaluate(net: nn.Module, split: data.Split, pipeline: Pipeline, batch_size: int, autocast: Callable,
+             world: distributed.World = distributed.World()) -> float:
+    """Top-1 accuracy in percent; with several processes each takes a contiguous share of the split."""
     was_training = net.training
     net.eval()
+    lo, hi = len(split) * world.rank // world.size, len(split) * (world.rank + 1) // world.size
     correct = 0
-    for start in range(0, len(split), batch_size):
-        x = pipeline.eval_batch(split.images[start:start + batch_size])
+    for start in range(lo, hi, batch_size):
+        end = min(start + batch_size, hi)
         with autocast():
-            predicted = _logits(net, x).argmax(-1).cpu()
-        correct += int((predicted == split.labels[start:start + batch_size]).sum())
+            predicted = _logits(net, pipeline.eval_batch(split.images[start:end])).argmax(-1).cpu()
+        correct += int((predicted == split.labels[start:end]).sum())
     net.train(was_training)
-    return 100.0 * correct / len(split)
+    return 100.0 * distributed.sum_(correct, world) / len(split)
 
 
-def run(cfg: Any, run_dir: str | Path, on_epoch_end: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Train the configured run in ``run_dir`` and return its results (also written to ``results.json``)."""
+@dataclasses.dataclass
+class Progress:
+    """Where training stands; saved in every checkpoint so that a resumed run goes on from exactly here."""
+
+    epoch: int = 0  # completed epochs
+    batch: int = 0  # optimizer steps done in the current epoch
+    step: int = 0
+    loss_sum: float = 0.0  # over the current epoch's steps
+    history: list = dataclasses.field(default_factory=list)
+    mix_rng: Any = None  # MixUp's generator state, mid-epoch
+
+
+def run(cfg: Any, run_dir: str | Path, on_epoch_end: Callable[[int], None] | None = None) -> dict[str, Any] | None:
+    """Train the configured run in ``run_dir``; returns its results (also in ``results.json``) on the main process."""
     started = time.perf_counter()
     run_dir = Path(run_dir)
     compression = check(cfg)
@@ -94,20 +111,30 @@ def run(cfg: Any, run_dir: str | Path, on_epoch_end: Callable[[int], None] | Non
         hub.require_reachable(f"model {cfg.model.pretrained!r}")
     if data.needs_hub(cfg.data):
         hub.require_reachable(f"dataset {cfg.data.hub_id!r}")
+    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    world = distributed.init(use_cuda)
+    require(cfg.train.batch_size % (world.size * cfg.train.grad_accum) == 0, "train.batch_size",
+            cfg.train.batch_size, f"divisible by processes x grad_accum = {world.size} x {cfg.train.grad_accum}")
+    if not world.main:
+        logging.getLogger("vcon").setLevel(logging.WARNING)
+    device = torch.device(f"cuda:{world.local_rank}" if use_cuda else "cpu")
+    with identity.exclusive(run_dir) if world.main else contextlib.nullcontext():
+        return _run(cfg, run_dir, compression, device, world, started, on_epoch_end)
 
+
+def _run(cfg: Any, run_dir: Path, compression: Compression, device: torch.device, world: distributed.World,
+         started: float, on_epoch_end: Callable[[int], None] | None) -> dict[str, Any] | None:
     state = checkpoint.load(run_dir)
-    identity = OmegaConf.to_container(OmegaConf.masked_copy(cfg, list(IDENTITY)), resolve=True)
-    if state is not None and state["identity"] != identity:
-        differs = sorted(k for k in IDENTITY if state["identity"].get(k) != identity.get(k))
+    ident = identity.identity(cfg)
+    if state is not None and state["identity"] != ident:
+        differs = sorted(k for k in set(ident) | set(state["identity"]) if state["identity"].get(k) != ident.get(k))
         raise ConfigError(f"{run_dir} holds a checkpoint of another run (differs in {differs}); choose a new "
                           "run dir (hydra.run.dir=...) or the same settings to resume it")
     if state is not None and state["finished"] and (run_dir / "results.json").exists():
         log.info("%s already finished; results.json kept as it is", run_dir)
-        return json.loads((run_dir / "results.json").read_text())
+        return json.loads((run_dir / "results.json").read_text()) if world.main else None
 
-    checkpoint.seed_everything(cfg.seed)
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if cfg.device == "auto" else cfg.device)
+    checkpoint.seed_everything(cfg.seed + world.rank)
     use_bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)  # noqa: E731
 
@@ -116,8 +143,6 @@ def run(cfg: Any, run_dir: str | Path, on_epoch_end: Callable[[int], None] | Non
     chosen = targets.select(net, cfg.target)
     compression.check(chosen)
     t = cfg.train
-    require(t.epoch_size is None or (isinstance(t.epoch_size, int) and t.epoch_size > 0), "train.epoch_size",
-            t.epoch_size, "null (a full pass over the training split) or a number of images > 0")
     epoch_images = min(t.epoch_size or len(dataset.train), len(dataset.train))
     steps_per_epoch = epoch_images // t.batch_size
     require(steps_per_epoch >= 1, "train.batch_size", t.batch_size, f"at most the {epoch_images} images an epoch")
@@ -126,14 +151,14 @@ def run(cfg: Any, run_dir: str | Path, on_epoch_end: Callable[[int], None] | Non
 
     pipeline = Pipeline(t.augment, net.config.image_size, net.config.num_channels, list(cfg.model.mean),
                         list(cfg.model.std), dataset.num_classes, device)
-    evaluate_on = lambda split: evaluate(net, split, pipeline, t.eval_batch_size, autocast)  # noqa: E731
+    evaluate_on = lambda split: evaluate(net, split, pipeline, t.eval_batch_size, autocast, world)  # noqa: E731
     dense_acc = state["dense_test_acc"] if state else evaluate_on(dataset.test)
     log.info("dense test accuracy %.2f %%; %s", dense_acc, "dense fine-tuning" if compression.identity else
              f"compressing {len(chosen)} modules with {compression}")
 
     beta = blend_(net, compression, list(chosen))
-    step = state["step"] if state else 0
-    beta.value = beta_schedule.beta(step) if beta_schedule else 1.0
+    progress = Progress(**state["progress"]) if state else Progress()
+    beta.value = beta_schedule.beta(progress.step) if beta_schedule else 1.0
     if beta_schedule and beta.value == 0:
         drop_originals(net)
     optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=t.lr,
@@ -141,85 +166,134 @@ def run(cfg: Any, run_dir: str | Path, on_epoch_end: Callable[[int], None] | Non
     lr_factor = WarmupCosine(round(t.warmup_epochs * steps_per_epoch), total_steps, t.warmup_start_lr / t.lr,
                              t.min_lr / t.lr)
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-    history: list[dict[str, Any]] = []
     if state:
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         lr_schedule.load_state_dict(state["lr_schedule"])
-        checkpoint.set_rng_state(state["rng"])
-        history = state["history"]
-        log.info("resumed %s at epoch %d, step %d, beta %.4f", run_dir, state["epoch"], step, beta.value)
+        rng = state["rng"]
+        checkpoint.set_rng_state(rng[world.rank] if len(rng) == world.size else rng[0])
+        log.info("resumed %s at epoch %d, batch %d, step %d, beta %.4f", run_dir, progress.epoch, progress.batch,
+                 progress.step, beta.value)
 
-    from torch.utils.tensorboard import SummaryWriter
+    def parallel() -> nn.Module:  # rebuilt when the original branches are dropped: DDP fixes its parameter list
+        if world.size == 1:
+            return net
+        two_branches = any(isinstance(m, BlendedBranches) and m.original is not None for m in net.modules())
+        return DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
+                                       find_unused_parameters=two_branches)  # β = 1 skips the compressed branch
 
-    writer = SummaryWriter(str(run_dir / "tb"), purge_step=step if state else None)
-    micro = t.batch_size // t.grad_accum
-    for epoch in range(state["epoch"] if state else 0, t.epochs):
-        order = torch.randperm(len(dataset.train), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
-        mix_rng = torch.Generator().manual_seed(cfg.seed * 100_019 + epoch)
-        epoch_start, loss_sum = time.perf_counter(), 0.0
-        for i in range(steps_per_epoch):
-            batch = order[i * t.batch_size:(i + 1) * t.batch_size]
-            loss_value = 0.0
-            for index in batch.split(micro):
-                x, y = pipeline.train_batch(dataset.train.images[index], dataset.train.labels[index], mix_rng)
-                with autocast():
-                    loss = F.cross_entropy(_logits(net, x).float(), y) / t.grad_accum
-                loss.backward()
-                loss_value += loss.item()
-            if t.grad_clip:
-                nn.utils.clip_grad_norm_(net.parameters(), t.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            lr_schedule.step()
-            step += 1
-            if beta_schedule:  # β for the next step; at 0 the original branches go, before any checkpoint
-                beta.value = beta_schedule.beta(step)
-                if beta.value == 0 and drop_originals(net, optimizer):
-                    log.info("beta reached 0 at step %d: original branches dropped", step)
-            loss_sum += loss_value
-            if step % t.log_every == 0:
-                writer.add_scalar("train/loss", loss_value, step)
-                writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step)
-                writer.add_scalar("vcon/beta", beta.value, step)
-            if not math.isfinite(loss_value):
-                raise FloatingPointError(f"loss is {loss_value} at step {step} (epoch {epoch + 1})")
-        seconds = time.perf_counter() - epoch_start
-        metrics = {"epoch": epoch + 1, "step": step, "beta": beta.value, "loss": loss_sum / steps_per_epoch,
-                   "lr": optimizer.param_groups[0]["lr"], "images_per_s": steps_per_epoch * t.batch_size / seconds}
-        with beta.fixed(0.0):
-            metrics["val_acc_compressed"] = evaluate_on(dataset.val)
-        if 0 < beta.value < 1:
-            metrics["val_acc_blended"] = evaluate_on(dataset.val)
-        history.append(metrics)
-        for key in ("loss", "val_acc_compressed", "val_acc_blended", "images_per_s"):
-            if key in metrics:
-                writer.add_scalar(f"epoch/{key}", metrics[key], step)
-        log.info("epoch %d/%d  step %d  beta %.3f  loss %.4f  val %s%.2f %% at beta=0  %.0f img/s", epoch + 1,
-                 t.epochs, step, beta.value, metrics["loss"],
-                 f"{metrics['val_acc_blended']:.2f} % blended, " if "val_acc_blended" in metrics else "",
-                 metrics["val_acc_compressed"], metrics["images_per_s"])
-        checkpoint.save({"identity": identity, "epoch": epoch + 1, "step": step, "beta": beta.value,
-                         "model": net.state_dict(), "optimizer": optimizer.state_dict(),
-                         "lr_schedule": lr_schedule.state_dict(), "rng": checkpoint.rng_state(),
-                         "history": history, "dense_test_acc": dense_acc, "finished": epoch + 1 == t.epochs},
-                        run_dir)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch + 1)
-    writer.close()
+    def save(finished: bool) -> None:
+        rng = distributed.gather(checkpoint.rng_state(), world)
+        if world.main:
+            checkpoint.save({"identity": ident, "progress": dataclasses.asdict(progress), "beta": beta.value,
+                             "model": net.state_dict(), "optimizer": optimizer.state_dict(),
+                             "lr_schedule": lr_schedule.state_dict(), "rng": rng, "dense_test_acc": dense_acc,
+                             "finished": finished}, run_dir)
+        distributed.barrier(world)
+
+    writer = None
+    if world.main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(run_dir / "tb"), purge_step=progress.step if state else None)
+    trained = parallel()
+    micro = t.batch_size // (t.grad_accum * world.size)
+    last_save = time.monotonic()
+    with StopRequest() as stop:
+        while progress.epoch < t.epochs:
+            epoch = progress.epoch
+            order = torch.randperm(len(dataset.train), generator=torch.Generator().manual_seed(
+                cfg.seed * 100_003 + epoch))[:epoch_images]
+            mix_rng = torch.Generator().manual_seed(cfg.seed * 100_019 + epoch + 7919 * world.rank)
+            if progress.mix_rng is not None:
+                mix_rng.set_state(progress.mix_rng)
+            epoch_start, epoch_first_batch = time.perf_counter(), progress.batch
+            while progress.batch < steps_per_epoch:
+                batch = order[progress.batch * t.batch_size:(progress.batch + 1) * t.batch_size][world.rank::world.size]
+                loss_value = 0.0
+                for i, index in enumerate(batch.split(micro)):
+                    x, y = pipeline.train_batch(dataset.train.images[index], dataset.train.labels[index], mix_rng)
+                    sync = i == t.grad_accum - 1 or world.size == 1
+                    with contextlib.nullcontext() if sync else trained.no_sync(), autocast():
+                        loss = F.cross_entropy(_logits(trained, x).float(), y) / t.grad_accum
+                        loss.backward()
+                    loss_value += loss.item()
+                if t.grad_clip:
+                    nn.utils.clip_grad_norm_(net.parameters(), t.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                lr_schedule.step()
+                progress.step += 1
+                progress.batch += 1
+                if world.size > 1:  # one collective a step: the mean loss, and whether any process must stop
+                    shared = torch.tensor([loss_value, float(stop.requested)], dtype=torch.float64)
+                    torch.distributed.all_reduce(shared)
+                    loss_value = float(shared[0]) / world.size
+                    if shared[1] and not stop.requested:
+                        stop.signum = stop.signum or 15
+                progress.loss_sum += loss_value
+                if not math.isfinite(loss_value):
+                    raise FloatingPointError(f"loss is {loss_value} at step {progress.step} (epoch {epoch + 1})")
+                if beta_schedule:  # β for the next step; at 0 the original branches go, before any checkpoint
+                    beta.value = beta_schedule.beta(progress.step)
+                    if beta.value == 0 and drop_originals(net, optimizer):
+                        log.info("beta reached 0 at step %d: original branches dropped", progress.step)
+                        trained = parallel()
+                if writer and progress.step % t.log_every == 0:
+                    writer.add_scalar("train/loss", loss_value, progress.step)
+                    writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], progress.step)
+                    writer.add_scalar("vcon/beta", beta.value, progress.step)
+                overdue = time.monotonic() - last_save > 60 * t.checkpoint_every_min
+                if (stop.requested or overdue) and progress.batch < steps_per_epoch:
+                    progress.mix_rng = mix_rng.get_state()
+                    save(finished=False)
+                    last_save = time.monotonic()
+                    log.info("checkpoint at epoch %d, batch %d, step %d", epoch, progress.batch, progress.step)
+                    if stop.requested:
+                        stop.hand_over()
+
+            seconds = time.perf_counter() - epoch_start
+            metrics = {"epoch": epoch + 1, "step": progress.step, "beta": beta.value,
+                       "loss": progress.loss_sum / steps_per_epoch, "lr": optimizer.param_groups[0]["lr"],
+                       "images_per_s": (steps_per_epoch - epoch_first_batch) * t.batch_size / seconds}
+            with beta.fixed(0.0):
+                metrics["val_acc_compressed"] = evaluate_on(dataset.val)
+            if 0 < beta.value < 1:
+                metrics["val_acc_blended"] = evaluate_on(dataset.val)
+            progress.history.append(metrics)
+            progress.epoch, progress.batch, progress.loss_sum, progress.mix_rng = epoch + 1, 0, 0.0, None
+            if writer:
+                for key in ("loss", "val_acc_compressed", "val_acc_blended", "images_per_s"):
+                    if key in metrics:
+                        writer.add_scalar(f"epoch/{key}", metrics[key], progress.step)
+            log.info("epoch %d/%d  step %d  beta %.3f  loss %.4f  val %s%.2f %% at beta=0  %.0f img/s", epoch + 1,
+                     t.epochs, progress.step, beta.value, metrics["loss"],
+                     f"{metrics['val_acc_blended']:.2f} % blended, " if "val_acc_blended" in metrics else "",
+                     metrics["val_acc_compressed"], metrics["images_per_s"])
+            save(finished=progress.epoch == t.epochs)
+            last_save = time.monotonic()
+            if stop.requested and progress.epoch < t.epochs:
+                stop.hand_over()
+            if on_epoch_end is not None:
+                on_epoch_end(progress.epoch)
+    if writer:
+        writer.close()
 
     with beta.fixed(0.0) if beta_schedule else contextlib.nullcontext():
         test_acc = evaluate_on(dataset.test)
+    if not world.main:
+        return None
     summary = {
         "dense_test_acc": dense_acc,
         "test_acc": test_acc,
-        "val_acc": history[-1]["val_acc_compressed"],
+        "val_acc": progress.history[-1]["val_acc_compressed"],
         "beta": beta.value,
-        "step": step,
+        "step": progress.step,
         "q_steps": beta_schedule.q_steps if beta_schedule else None,
         "steps_per_epoch": steps_per_epoch,
+        "processes": world.size,
         "compression": results.figures(net, compression, list(chosen)),
-        "history": history,
+        "history": progress.history,
         "wall_time_s": time.perf_counter() - started,
         "device": str(device),
     }

@@ -1,0 +1,60 @@
+"""Data parallelism over torch.distributed, when the run is launched as several processes (torchrun, or SLURM tasks
+through submitit). One process is the plain case: every helper here then does nothing."""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import torch
+import torch.distributed as dist
+
+
+@dataclasses.dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        """The process that writes metrics, checkpoints and results."""
+        return self.rank == 0
+
+
+def init(use_cuda: bool) -> World:
+    """Join the process group that torchrun (RANK/WORLD_SIZE...) or a multi-task SLURM step describes."""
+    if "WORLD_SIZE" not in os.environ and int(os.environ.get("SLURM_STEP_NUM_TASKS", "1")) > 1:
+        import submitit
+
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size == 1:
+        return World()
+    world = World(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")))
+    if not dist.is_initialized():
+        if use_cuda:
+            torch.cuda.set_device(world.local_rank)
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return world
+
+
+def sum_(value: float, world: World) -> float:
+    if world.size == 1:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(tensor)
+    return float(tensor)
+
+
+def gather(obj: object, world: World) -> list:
+    """Every process's ``obj``, in rank order (on every process)."""
+    if world.size == 1:
+        return [obj]
+    objs: list = [None] * world.size
+    dist.all_gather_object(objs, obj)
+    return objs
+
+
+def barrier(world: World) -> None:
+    if world.size > 1:
+        dist.barrier()

@@ -1,0 +1,58 @@
+"""A run's identity: what it computes, derived from its resolved config, so that the same settings always land in the
+same folder. Launching a sweep again then finds its finished runs (skipped) and unfinished ones (resumed)."""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+from omegaconf import DictConfig, OmegaConf
+
+# Sections that define what a run computes. Not in it: where and how it runs (device, launcher, output folders)
+# and settings that change no number (logging cadence, evaluation batch size).
+SECTIONS = ("seed", "model", "data", "compression", "vcon", "target", "train")
+IGNORED = {"train": ("log_every", "eval_batch_size", "checkpoint_every_min")}
+
+
+def identity(cfg: DictConfig) -> dict[str, Any]:
+    raw = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [s for s in SECTIONS if s in cfg]), resolve=True)
+    for section, keys in IGNORED.items():
+        for key in keys:
+            raw.get(section, {}).pop(key, None)
+    if raw.get("compression", {}).get("name") == "none":
+        raw.pop("vcon", None)  # a dense run has no transition: vcon.epochs=0 and 12 are the same run
+    return raw
+
+
+def run_id(cfg: DictConfig) -> str:
+    """``<model>_<data>_<compression>[-q<Q>]_s<seed>_<hash>``: readable, and unique through the hash."""
+    ident = identity(cfg)
+    digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:8]
+    compression = ident["compression"]["name"]
+    if "vcon" in ident:
+        q = ident["vcon"]["steps"] if ident["vcon"].get("steps") is not None else ident["vcon"]["epochs"]
+        compression += f"-q{q}"
+    return f"{ident['model']['name']}_{ident['data']['name']}_{compression}_s{ident['seed']}_{digest}"
+
+
+def _resolver(*, _root_: DictConfig) -> str:
+    return run_id(_root_)
+
+
+OmegaConf.register_new_resolver("run_id", _resolver, replace=True)
+
+
+@contextlib.contextmanager
+def exclusive(run_dir: Path) -> Iterator[None]:
+    """Hold the run folder's lock: a second process with the same identity (the same run in two sweeps, or a sweep
+    launched twice) waits here, then finds the run finished or resumes it, instead of training it twice at once."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
