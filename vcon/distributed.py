@@ -27,6 +27,8 @@ def init(use_cuda: bool) -> World:
         import submitit
 
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    if os.environ.get("SLURM_CPUS_PER_TASK"):  # use the cores SLURM gave this task, not every core of the node
+        torch.set_num_threads(int(os.environ["SLURM_CPUS_PER_TASK"]))
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size == 1:
         return World()

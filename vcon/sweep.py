@@ -1,0 +1,143 @@
+"""The table of a sweep: per configuration, the β = 0 test accuracy as mean ± std over seeds, the compression
+figures, and VCON's gain over the one-shot run of the same compression. Written when a multirun ends (a Hydra
+callback) and on demand: ``python -m vcon.sweep <sweep dir>``."""
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import OmegaConf
+
+from vcon.identity import identity
+
+
+def describe(ident: dict[str, Any]) -> tuple[str, str]:
+    """(compression, transition) in words: ('prune 0.9 layer', 'VCON Q=3 ep')."""
+    def one(c: dict[str, Any]) -> str:
+        name = c["name"]
+        if name == "prune":
+            return f"prune {c['ratio']:g} {c['granularity']}"
+        if name == "quant":
+            return "binary" if c["bits"] == 1 else f"{c['bits']}-bit"
+        if name == "lrd":
+            return f"low rank {c['rank']}"
+        if name == "chain":
+            return " + ".join(one(dict(step)) for step in c["steps"])
+        return "dense" if name == "none" else name
+
+    compression = one(ident["compression"])
+    vcon = ident.get("vcon")
+    if vcon is None:
+        return compression, "–"
+    q = f"{vcon['steps']} steps" if vcon.get("steps") is not None else f"{vcon['epochs']:g} ep"
+    one_shot = (vcon.get("steps") if vcon.get("steps") is not None else vcon["epochs"]) == 0
+    return compression, "one-shot" if one_shot else f"VCON Q={q} {vcon['shape']}"
+
+
+def collect(sweep_dir: Path) -> list[dict[str, Any]]:
+    """Every run folder under ``sweep_dir``: its identity, and its results, error, or neither (unfinished)."""
+    runs = []
+    for config_file in sorted(Path(sweep_dir).glob("*/.hydra/config.yaml")):
+        run_dir = config_file.parents[1]
+        ident = identity(OmegaConf.load(config_file))
+        run = {"dir": run_dir.name, "identity": ident, "status": "unfinished"}
+        if (run_dir / "results.json").exists():
+            run.update(status="done", results=json.loads((run_dir / "results.json").read_text()))
+        elif (run_dir / "error.json").exists():
+            run.update(status="failed", error=json.loads((run_dir / "error.json").read_text())["error"])
+        runs.append(run)
+    return runs
+
+
+def _without(ident: dict[str, Any], *keys: str) -> str:
+    return json.dumps({k: v for k, v in ident.items() if k not in keys}, sort_keys=True)
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per configuration (runs that differ only in seed), in the order the sweep lists them."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        groups.setdefault(_without(run["identity"], "seed"), []).append(run)
+    rows = []
+    for members in groups.values():
+        ident = members[0]["identity"]
+        done = [r for r in members if r["status"] == "done"]
+        compression, transition = describe(ident)
+        row = {"model": ident["model"]["name"], "data": ident["data"]["name"], "compression": compression,
+               "transition": transition, "runs": len(members), "done": len(done),
+               "failed": sum(r["status"] == "failed" for r in members), "_ident": ident,
+               "_acc": {r["identity"]["seed"]: r["results"]["test_acc"] for r in done}}
+        if done:
+            row["test_acc_mean"], row["test_acc_std"] = _mean_std(list(row["_acc"].values()))
+            figures = done[0]["results"]["compression"]
+            row.update({k: figures[k] for k in ("zero_fraction", "bits_per_weight", "params_before", "params_after")})
+        rows.append(row)
+    for row in rows:  # VCON against the one-shot run of the same compression, seed by seed
+        if not row["transition"].startswith("VCON"):
+            continue
+        twin = next((r for r in rows if r["transition"] == "one-shot"
+                     and _without(r["_ident"], "seed", "vcon") == _without(row["_ident"], "seed", "vcon")), None)
+        if twin is not None:
+            gains = [acc - twin["_acc"][seed] for seed, acc in row["_acc"].items() if seed in twin["_acc"]]
+            if gains:
+                row["gain_mean"], row["gain_std"] = _mean_std(gains)
+    return rows
+
+
+COLUMNS = ["model", "data", "compression", "transition", "runs", "done", "failed", "test_acc_mean", "test_acc_std",
+           "gain_mean", "gain_std", "zero_fraction", "bits_per_weight", "params_before", "params_after"]
+
+
+def markdown(rows: list[dict[str, Any]], runs: list[dict[str, Any]]) -> str:
+    def pm(row: dict[str, Any], key: str, signed: bool = False) -> str:
+        if f"{key}_mean" not in row:
+            return "–"
+        return f"{row[f'{key}_mean']:{'+' if signed else ''}.2f} ± {row[f'{key}_std']:.2f}"
+
+    lines = ["| model | data | compression | transition | runs (done/failed) | test acc. β=0 (%) | gain over one-shot "
+             "(points) | zeros | bits/weight | params after / before |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        figures = (f"{100 * r['zero_fraction']:.1f} % | {r['bits_per_weight']:.2f} | "
+                   f"{r['params_after']:,} / {r['params_before']:,}") if "zero_fraction" in r else "– | – | –"
+        lines.append(f"| {r['model']} | {r['data']} | {r['compression']} | {r['transition']} | "
+                     f"{r['runs']} ({r['done']}/{r['failed']}) | {pm(r, 'test_acc')} | {pm(r, 'gain', True)} | "
+                     f"{figures} |")
+    failures = [r for r in runs if r["status"] != "done"]
+    if failures:
+        lines += ["", "Not finished:", ""] + [f"* `{r['dir']}`: {r.get('error', 'unfinished')}" for r in failures]
+    return "\n".join(lines)
+
+
+def write(sweep_dir: Path) -> str:
+    runs = collect(sweep_dir)
+    rows = summarize(runs)
+    table = markdown(rows, runs)
+    (sweep_dir / "summary.md").write_text(table + "\n")
+    with open(sweep_dir / "summary.csv", "w", newline="") as f:
+        out = csv.DictWriter(f, COLUMNS, extrasaction="ignore")
+        out.writeheader()
+        out.writerows(rows)
+    return table
+
+
+class SweepTable(Callback):
+    """Hydra callback (``hydra.callbacks.sweep_table`` in conf/config.yaml)."""
+
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        if sweep_dir.is_dir():
+            print(f"\nSweep {sweep_dir}\n\n{write(sweep_dir)}\n\n(also in summary.md and summary.csv)")
+
+
+if __name__ == "__main__":
+    print(write(Path(sys.argv[1])))
