@@ -15,6 +15,9 @@ fi
 host=$(hostname -s)
 getent hosts "$host" >/dev/null || echo "127.0.0.1 $host" >>/etc/hosts
 mem_mb=$(awk '/MemTotal/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)
+# Offer more CPUs than the machine has (slurmd accepts it with config_overrides), so that a test's jobs are not
+# queued behind a long sweep on a 2-core machine; set VCON_SLURM_CPUS=$(nproc) for a faithful count.
+cpus=${VCON_SLURM_CPUS:-$(( $(nproc) * 4 ))}
 install -d -m 0755 "$PIDS" /etc/slurm /var/spool/slurmctld /var/spool/slurmd /var/log/slurm
 
 until_ok() {  # until_ok SECONDS command...: retry every 0.25 s
@@ -26,6 +29,7 @@ until_ok() {  # until_ok SECONDS command...: retry every 0.25 s
 }
 alive() { [[ -s $PIDS/$1.pid ]] && kill -0 "$(cat "$PIDS/$1.pid")" 2>/dev/null; }
 pid_of() { pgrep -nx "$1"; }
+record() { until_ok 20 test -s "/run/$1.pid" && cp "/run/$1.pid" "$PIDS/$1.pid"; }  # daemons write it after forking
 
 # munge: authentication between the daemons and the client commands
 [[ -s /etc/munge/munge.key ]] || dd if=/dev/urandom of=/etc/munge/munge.key bs=1 count=128 status=none
@@ -53,6 +57,7 @@ JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
 ReturnToService=2
+SlurmdParameters=config_overrides
 SlurmctldPidFile=/run/slurmctld.pid
 SlurmdPidFile=/run/slurmd.pid
 StateSaveLocation=/var/spool/slurmctld
@@ -61,7 +66,7 @@ SlurmctldLogFile=/var/log/slurm/slurmctld.log
 SlurmdLogFile=/var/log/slurm/slurmd.log
 KillWait=5
 MinJobAge=300
-NodeName=$host NodeAddr=127.0.0.1 CPUs=$(nproc) RealMemory=$mem_mb State=UNKNOWN
+NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 CONF
 
@@ -91,15 +96,15 @@ chmod 600 /etc/slurm/slurmdbd.conf
 if ! alive slurmdbd; then
   slurmdbd
   until_ok 40 bash -c 'exec 3<>/dev/tcp/127.0.0.1/6819'
-  cp /run/slurmdbd.pid "$PIDS/slurmdbd.pid"
+  record slurmdbd
 fi
 
 # controller and node daemon, restarted so that they read the slurm.conf written above
 for daemon in slurmd slurmctld; do
   if alive $daemon; then pid=$(cat "$PIDS/$daemon.pid"); kill "$pid"; until_ok 20 sh -c "! kill -0 $pid"; fi
 done
-slurmctld && cp /run/slurmctld.pid "$PIDS/slurmctld.pid"
-slurmd && cp /run/slurmd.pid "$PIDS/slurmd.pid"
+slurmctld && record slurmctld
+slurmd && record slurmd
 node_ready() { sinfo -h -n "$host" -o %t | grep -Eq '^(idle|mix|alloc)'; }
 until_ok 60 node_ready || { scontrol update nodename="$host" state=resume || true; until_ok 30 node_ready; }
 until_ok 40 sh -c "sacctmgr -n show cluster format=cluster | grep -q vcon"
