@@ -10,10 +10,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hydra.core.config_store import ConfigStore
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
 from vcon.identity import identity
+
+SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
+
+
+def register_sweeps() -> None:
+    """Make every ``sweeps/<name>.yaml`` the config ``+sweeps=<name>``, from any working directory. (Adding the
+    repository root to Hydra's search path instead would turn every top-level folder into a config group.)"""
+    for path in sorted(SWEEPS.glob("*.yaml")):
+        ConfigStore.instance().store(group="sweeps", name=path.stem, node=OmegaConf.load(path), package="_global_")
 
 
 def describe(ident: dict[str, Any]) -> tuple[str, str]:
