@@ -3,12 +3,14 @@ import hashlib
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
 import torch
 
-from conftest import QUICK, make_config, requires_fashion_mnist, run_py
+from conftest import QUICK, ROOT, make_config, requires_fashion_mnist, run_py
 from vcon import checkpoint, hub, train
 from vcon.errors import ConfigError
 
@@ -198,3 +200,54 @@ def test_local_image_folder(tmp_path):
                     "data.image_size=16", "train.batch_size=8", "train.epochs=1", "vcon.epochs=1")
     assert results["step"] == (48 - 8) // 8
     assert 0 <= results["test_acc"] <= 100 and results["compression"]["layers"] == 24
+
+
+@pytest.mark.slow
+def test_a_killed_run_started_again_with_the_same_command_resumes(tmp_path):
+    """SIGKILL at any moment leaves a usable checkpoint (written atomically); the same command resumes from it."""
+    args = [*QUICK, "data.train_size=2048", "train.epochs=4", "vcon.epochs=2"]
+    whole = run_py(*args, f"outputs={tmp_path / 'whole'}")
+    args.append(f"outputs={tmp_path / 'killed'}")
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    command = [sys.executable, str(ROOT / "run.py"), *args]
+    victim = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    runs = tmp_path / "killed" / "runs"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        found = list(runs.glob("*/checkpoint.pt"))
+        if found:
+            break
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    (run_dir,) = runs.iterdir()
+    killed_at = checkpoint.load(run_dir)["progress"]  # a complete checkpoint, whenever the kill came
+    assert not list(run_dir.glob(".checkpoint.pt.*.tmp")) or checkpoint.load(run_dir)
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    log = (run_dir / "run.log").read_text()
+    assert f"at epoch {killed_at['epoch']}, batch {killed_at['batch']}, step {killed_at['step']}" in log
+    a = json.loads((run_dir / "results.json").read_text())
+    (whole_dir,) = (tmp_path / "whole" / "runs").iterdir()
+    b = json.loads((whole_dir / "results.json").read_text())
+    assert (a["step"], a["beta"], [h["epoch"] for h in a["history"]]) == (b["step"], b["beta"], [1, 2, 3, 4])
+    assert a["test_acc"] == pytest.approx(b["test_acc"], abs=0.5)
+
+
+def test_a_sweep_skips_finished_runs_and_survives_a_failed_one(tmp_path):
+    """In-process launcher: a NaN run fails with its error recorded, the others finish, the table lists both;
+    launched again, the finished runs are not trained again."""
+    args = ["-m", *QUICK, "train.epochs=1", "vcon.epochs=0", "train.lr=1e-3,1e12", f"outputs={tmp_path}",
+            "sweep_name=again"]
+    first = run_py(*args)
+    assert first.returncode == 1  # the sweep ran to the end, and its status says a run failed
+    sweep = tmp_path / "sweeps" / "again"
+    (failed,) = sweep.glob("*/error.json")
+    assert "FloatingPointError: loss is nan" in json.loads(failed.read_text())["error"]
+    (ok,) = sweep.glob("*/results.json")
+    stamp = ok.stat().st_mtime_ns
+    table = (sweep / "summary.md").read_text()
+    assert "(1/0)" in table and "(0/1)" in table and "FloatingPointError" in table
+    second = run_py(*args)
+    assert "already finished" in second.stdout + second.stderr
+    assert ok.stat().st_mtime_ns == stamp

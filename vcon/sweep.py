@@ -145,8 +145,13 @@ class SweepTable(Callback):
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
-        if sweep_dir.is_dir():
-            print(f"\nSweep {sweep_dir}\n\n{write(sweep_dir)}\n\n(also in summary.md and summary.csv)")
+        if not sweep_dir.is_dir():
+            return
+        print(f"\nSweep {sweep_dir}\n\n{write(sweep_dir)}\n\n(also in summary.md and summary.csv)")
+        failed = [r["dir"] for r in collect(sweep_dir) if r["status"] == "failed"]
+        if failed:  # the sweep went on past them; its exit status still says that not every run succeeded
+            print(f"{len(failed)} run(s) failed: see their error.json", file=sys.stderr)
+            sys.exit(1)
 
 
 if __name__ == "__main__":
