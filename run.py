@@ -19,10 +19,12 @@ log = logging.getLogger("vcon")
 
 @hydra.main(version_base=None, config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    name = hydra_cfg.job.override_dirname or run_dir.name  # readable: the overrides that made this run
     try:
-        summary = train.run(cfg, run_dir)
+        summary = train.run(cfg, run_dir, run_name=name, group=cfg.sweep_name if in_sweep else None)
     except ConfigError as error:
         if in_sweep:
             return _record_failure(run_dir, error)

@@ -12,10 +12,11 @@ FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.
 # Tests never wait for the hub: the ones about an unreachable hub set their own environment.
 os.environ.setdefault("HF_HOME", str(ROOT / ".pytest_cache" / "hf"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_SILENT", "true")
 
 # A quick run of the real default config: the shipped vit-micro on a slice of Fashion-MNIST.
 QUICK = ["data.train_size=512", "data.val_size=256", "data.test_size=512", "train.epochs=2", "train.batch_size=64",
-         "vcon.epochs=1", "train.log_every=1"]
+         "vcon.epochs=1", "train.log_every=1", "tracking.wandb.mode=disabled"]
 
 
 def make_config(*overrides: str):

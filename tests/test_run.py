@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import QUICK, ROOT, make_config, requires_fashion_mnist, run_py
-from vcon import checkpoint, hub, train
+from vcon import checkpoint, hub, train, wandb_offline
 from vcon.errors import ConfigError
 
 pytestmark = requires_fashion_mnist
@@ -21,7 +21,7 @@ pytestmark = requires_fashion_mnist
 def test_run_py_end_to_end(tmp_path):
     """The real entry point, the real config tree, the shipped vit-micro, real Fashion-MNIST."""
     out = tmp_path / "run"
-    done = run_py(*QUICK, "vcon.epochs=2", f"hydra.run.dir={out}")
+    done = run_py(*QUICK, "vcon.epochs=2", "tracking.wandb.mode=offline", f"hydra.run.dir={out}")
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert results["dense_test_acc"] > 80  # the shipped dense model is trained, not random
@@ -35,6 +35,21 @@ def test_run_py_end_to_end(tmp_path):
     state = checkpoint.load(out)
     assert state["progress"]["step"] == results["step"] and state["finished"]
     assert "compressed test accuracy (β = 0)" in done.stdout and f"{results['test_acc']:.2f} %" in done.stdout
+
+    # W&B, offline: read the run file back and hold it against results.json
+    (folder,) = wandb_offline.runs(out)
+    logged = wandb_offline.read_run(folder)
+    assert logged["summary"]["test_acc"] == results["test_acc"]
+    assert logged["summary"]["dense_test_acc"] == results["dense_test_acc"]
+    assert logged["summary"]["compression/zero_fraction"] == c["zero_fraction"]
+    epochs = [row for row in logged["history"] if "epoch/val_acc_compressed" in row]
+    assert [row["epoch/val_acc_compressed"] for row in epochs] == [h["val_acc_compressed"] for h in results["history"]]
+    assert [row["_step"] for row in epochs] == [h["step"] for h in results["history"]]
+    assert epochs[0]["epoch/val_acc_blended"] == results["history"][0]["val_acc_blended"]
+    assert 0 < epochs[0]["epoch/block_gap"] < epochs[1]["epoch/block_gap"] + 1
+    betas = [row["vcon/beta"] for row in logged["history"] if "vcon/beta" in row]
+    assert betas[0] == pytest.approx(1 - 1 / 16) and betas[-1] == 0 and len(betas) == 16
+    assert logged["config"]["compression"]["ratio"] == 0.9 and logged["config"]["seed"] == 0
 
 
 def quick(tmp_path, *overrides, on_epoch_end=None):
@@ -75,6 +90,7 @@ def test_a_stop_signal_saves_mid_epoch_and_the_run_resumes_there(tmp_path):
     the middle of epoch 2, and leaves; started again, it continues from that step to the same end."""
     overrides = ("compression=prune", "train.epochs=3", "vcon.epochs=2")
     whole = quick(tmp_path / "whole", *overrides)
+    overrides += ("tracking.wandb.mode=offline",)
 
     def signal_after_epoch_1(epoch):
         if epoch == 1:
@@ -92,6 +108,9 @@ def test_a_stop_signal_saves_mid_epoch_and_the_run_resumes_there(tmp_path):
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     assert [h["val_acc_compressed"] for h in resumed["history"]] == pytest.approx(
         [h["val_acc_compressed"] for h in whole["history"]], abs=0.5)
+    first, second = wandb_offline.runs(tmp_path / "split")  # the resumed process continued the same W&B run
+    assert first.name.rsplit("-", 1)[1] == second.name.rsplit("-", 1)[1]
+    assert wandb_offline.read_run(second)["summary"]["test_acc"] == resumed["test_acc"]
 
 
 def test_finished_run_is_not_trained_again(tmp_path):

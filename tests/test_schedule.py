@@ -19,7 +19,7 @@ def test_shape_is_one_at_start_zero_at_q_and_after(shape):
     assert s.beta(100) == 0.0
     assert s.beta(1000) == 0.0
     values = [s.beta(t) for t in range(101)]
-    assert all(a >= b for a, b in zip(values, values[1:])), "beta never rises"
+    assert all(a >= b for a, b in zip(values, values[1:], strict=False)), "beta never rises"
 
 
 def test_linear_is_the_papers_formula():

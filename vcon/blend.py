@@ -63,6 +63,10 @@ class BlendedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.effective_weight(), self.bias)
 
+    def branches(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(f(x), g(x)): the original and the fully compressed layer on the same input."""
+        return F.linear(x, self.weight, self.bias), F.linear(x, self.compression.compress(self.weight), self.bias)
+
     def extra_repr(self) -> str:
         return f"{self.weight.shape[1]}, {self.weight.shape[0]}, compression={self.compression}"
 
@@ -85,6 +89,9 @@ class BlendedBranches(nn.Module):
         if beta >= 1:
             return self.original(x)
         return torch.lerp(self.compressed(x), self.original(x), beta)
+
+    def branches(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return None if self.original is None else (self.original(x), self.compressed(x))
 
     def drop_original(self) -> list[nn.Parameter]:
         dropped = [] if self.original is None else list(self.original.parameters())
@@ -125,5 +132,24 @@ def drop_originals(model: nn.Module, optimizer: torch.optim.Optimizer | None = N
     return len(dropped)
 
 
-def blended_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
-    return ((n, m) for n, m in model.named_modules() if isinstance(m, (BlendedLinear, BlendedBranches)))
+@torch.no_grad()
+def block_gap(model: nn.Module, run: Callable[[], object]) -> float | None:
+    """How far apart original and compressed blocks are, as the transition goes: during ``run()`` (a forward pass on
+    a fixed probe batch), each blended module's input x gives ``|f(x) - g(x)| / |f(x)|``; returns their mean.
+    None once the originals are gone (low rank after β = 0) or when nothing is blended."""
+    gaps: list[float] = []
+
+    def measure(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        pair = module.branches(inputs[0])
+        if pair is not None:
+            f, g = (t.float() for t in pair)
+            gaps.append(float((f - g).norm() / f.norm().clamp(min=1e-12)))
+
+    hooks = [m.register_forward_pre_hook(measure) for m in model.modules()
+             if isinstance(m, (BlendedLinear, BlendedBranches))]
+    try:
+        run()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return sum(gaps) / len(gaps) if gaps else None

@@ -21,6 +21,9 @@ class World:
         return self.rank == 0
 
 
+SINGLE = World()
+
+
 def init(use_cuda: bool) -> World:
     """Join the process group that torchrun (RANK/WORLD_SIZE...) or a multi-task SLURM step describes."""
     if "WORLD_SIZE" not in os.environ and int(os.environ.get("SLURM_STEP_NUM_TASKS", "1")) > 1:
@@ -31,7 +34,7 @@ def init(use_cuda: bool) -> World:
         torch.set_num_threads(int(os.environ["SLURM_CPUS_PER_TASK"]))
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size == 1:
-        return World()
+        return SINGLE
     world = World(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
         if use_cuda:

@@ -39,6 +39,8 @@ def figures(net: nn.Module, compression: Compression, names: list[str]) -> dict[
         "params_before": before,
         "params_after": after,
         "bits_per_weight": bits / max(before, 1),
+        "bytes_before": 4 * before,
+        "bytes_after": (bits + 7) // 8,
         "zero_fraction": zeros / max(stored, 1),
         "size_ratio": bits / max(32 * before, 1),
     }

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import logging
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -19,10 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
 
-from vcon import checkpoint, data, distributed, hub, identity, model, results, schedule, targets
+from vcon import checkpoint, data, distributed, hub, identity, model, results, schedule, targets, tracking
 from vcon.augment import Pipeline
-from vcon.blend import BlendedBranches, blend_, drop_originals
+from vcon.blend import BlendedBranches, blend_, block_gap, drop_originals
 from vcon.compression import Compression, from_config as compression_from_config
 from vcon.errors import ConfigError, require
 from vcon.preemption import StopRequest
@@ -34,6 +36,7 @@ def check(cfg: Any) -> Compression:
     """Every cheap check of the whole config, before anything is loaded. Returns the compression it describes."""
     data.check(cfg.data)
     model.check(cfg.model)
+    tracking.check(cfg)
     compression = compression_from_config(cfg.compression)
     require(cfg.vcon.shape in schedule.SHAPES, "vcon.shape", cfg.vcon.shape, f"one of {sorted(schedule.SHAPES)}")
     t = cfg.train
@@ -75,7 +78,7 @@ def _logits(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(net: nn.Module, split: data.Split, pipeline: Pipeline, batch_size: int, autocast: Callable,
-             world: distributed.World = distributed.World()) -> float:
+             world: distributed.World = distributed.SINGLE) -> float:
     """Top-1 accuracy in percent; with several processes each takes a contiguous share of the split."""
     was_training = net.training
     net.eval()
@@ -102,8 +105,10 @@ class Progress:
     mix_rng: Any = None  # MixUp's generator state, mid-epoch
 
 
-def run(cfg: Any, run_dir: str | Path, on_epoch_end: Callable[[int], None] | None = None) -> dict[str, Any] | None:
-    """Train the configured run in ``run_dir``; returns its results (also in ``results.json``) on the main process."""
+def run(cfg: Any, run_dir: str | Path, on_epoch_end: Callable[[int], None] | None = None, run_name: str | None = None,
+        group: str | None = None) -> dict[str, Any] | None:
+    """Train the configured run in ``run_dir``; returns its results (also in ``results.json``) on the main process.
+    ``run_name`` and ``group`` name it for W&B (default: the folder's name, no group)."""
     started = time.perf_counter()
     run_dir = Path(run_dir)
     compression = check(cfg)
@@ -119,11 +124,12 @@ def run(cfg: Any, run_dir: str | Path, on_epoch_end: Callable[[int], None] | Non
         logging.getLogger("vcon").setLevel(logging.WARNING)
     device = torch.device(f"cuda:{world.local_rank}" if use_cuda else "cpu")
     with identity.exclusive(run_dir) if world.main else contextlib.nullcontext():
-        return _run(cfg, run_dir, compression, device, world, started, on_epoch_end)
+        return _run(cfg, run_dir, compression, device, world, started, on_epoch_end, run_name or run_dir.name, group)
 
 
 def _run(cfg: Any, run_dir: Path, compression: Compression, device: torch.device, world: distributed.World,
-         started: float, on_epoch_end: Callable[[int], None] | None) -> dict[str, Any] | None:
+         started: float, on_epoch_end: Callable[[int], None] | None, run_name: str,
+         group: str | None) -> dict[str, Any] | None:
     state = checkpoint.load(run_dir)
     ident = identity.identity(cfg)
     if state is not None and state["identity"] != ident:
@@ -191,98 +197,119 @@ def _run(cfg: Any, run_dir: Path, compression: Compression, device: torch.device
                              "finished": finished}, run_dir)
         distributed.barrier(world)
 
-    writer = None
-    if world.main:
-        from torch.utils.tensorboard import SummaryWriter
+    tracker = tracking.Tracker(cfg, run_dir, run_name, group, progress.step if state else None) if world.main else None
+    probe = dataset.val.images[:64]  # a fixed batch on which the gap between original and compressed blocks is measured
+    try:
+        trained = parallel()
+        micro = t.batch_size // (t.grad_accum * world.size)
+        last_save = time.monotonic()
+        with StopRequest() as stop:
+            while progress.epoch < t.epochs:
+                epoch = progress.epoch
+                order = torch.randperm(len(dataset.train), generator=torch.Generator().manual_seed(
+                    cfg.seed * 100_003 + epoch))[:epoch_images]
+                mix_rng = torch.Generator().manual_seed(cfg.seed * 100_019 + epoch + 7919 * world.rank)
+                if progress.mix_rng is not None:
+                    mix_rng.set_state(progress.mix_rng)
+                epoch_start, epoch_first_batch = time.perf_counter(), progress.batch
+                bar = tqdm(total=steps_per_epoch, initial=progress.batch, desc=f"epoch {epoch + 1}/{t.epochs}",
+                           unit="step", leave=False, dynamic_ncols=True,
+                           disable=not (world.main and sys.stderr.isatty()))  # SLURM logs get the epoch lines alone
+                last_log = time.perf_counter()
+                while progress.batch < steps_per_epoch:
+                    first = progress.batch * t.batch_size
+                    batch = order[first:first + t.batch_size][world.rank::world.size]  # this process's share
+                    loss_value = 0.0
+                    for i, index in enumerate(batch.split(micro)):
+                        x, y = pipeline.train_batch(dataset.train.images[index], dataset.train.labels[index], mix_rng)
+                        sync = i == t.grad_accum - 1 or world.size == 1
+                        with contextlib.nullcontext() if sync else trained.no_sync(), autocast():
+                            loss = F.cross_entropy(_logits(trained, x).float(), y) / t.grad_accum
+                            loss.backward()
+                        loss_value += loss.item()
+                    if t.grad_clip:
+                        nn.utils.clip_grad_norm_(net.parameters(), t.grad_clip)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    lr_schedule.step()
+                    progress.step += 1
+                    progress.batch += 1
+                    if world.size > 1:  # one collective a step: the mean loss, and whether any process must stop
+                        shared = torch.tensor([loss_value, float(stop.requested)], dtype=torch.float64)
+                        torch.distributed.all_reduce(shared)
+                        loss_value = float(shared[0]) / world.size
+                        if shared[1] and not stop.requested:
+                            stop.signum = stop.signum or 15
+                    progress.loss_sum += loss_value
+                    if not math.isfinite(loss_value):
+                        raise FloatingPointError(f"loss is {loss_value} at step {progress.step} (epoch {epoch + 1})")
+                    if beta_schedule:  # β for the next step; at 0 the original branches go, before any checkpoint
+                        beta.value = beta_schedule.beta(progress.step)
+                        if beta.value == 0 and drop_originals(net, optimizer):
+                            log.info("beta reached 0 at step %d: original branches dropped", progress.step)
+                            trained = parallel()
+                    bar.update()
+                    if progress.step % t.log_every == 0:
+                        now = time.perf_counter()
+                        speed = t.log_every * t.batch_size / (now - last_log)
+                        last_log = now
+                        bar.set_postfix(loss=f"{loss_value:.4f}", beta=f"{beta.value:.3f}", img_s=f"{speed:.0f}")
+                        if tracker:
+                            tracker.log({"train/loss": loss_value, "train/lr": optimizer.param_groups[0]["lr"],
+                                         "vcon/beta": beta.value, "train/images_per_s": speed}, progress.step)
+                    overdue = time.monotonic() - last_save > 60 * t.checkpoint_every_min
+                    if (stop.requested or overdue) and progress.batch < steps_per_epoch:
+                        progress.mix_rng = mix_rng.get_state()
+                        save(finished=False)
+                        last_save = time.monotonic()
+                        log.info("checkpoint at epoch %d, batch %d, step %d", epoch, progress.batch, progress.step)
+                        if stop.requested:
+                            stop.hand_over()
 
-        writer = SummaryWriter(str(run_dir / "tb"), purge_step=progress.step if state else None)
-    trained = parallel()
-    micro = t.batch_size // (t.grad_accum * world.size)
-    last_save = time.monotonic()
-    with StopRequest() as stop:
-        while progress.epoch < t.epochs:
-            epoch = progress.epoch
-            order = torch.randperm(len(dataset.train), generator=torch.Generator().manual_seed(
-                cfg.seed * 100_003 + epoch))[:epoch_images]
-            mix_rng = torch.Generator().manual_seed(cfg.seed * 100_019 + epoch + 7919 * world.rank)
-            if progress.mix_rng is not None:
-                mix_rng.set_state(progress.mix_rng)
-            epoch_start, epoch_first_batch = time.perf_counter(), progress.batch
-            while progress.batch < steps_per_epoch:
-                batch = order[progress.batch * t.batch_size:(progress.batch + 1) * t.batch_size][world.rank::world.size]
-                loss_value = 0.0
-                for i, index in enumerate(batch.split(micro)):
-                    x, y = pipeline.train_batch(dataset.train.images[index], dataset.train.labels[index], mix_rng)
-                    sync = i == t.grad_accum - 1 or world.size == 1
-                    with contextlib.nullcontext() if sync else trained.no_sync(), autocast():
-                        loss = F.cross_entropy(_logits(trained, x).float(), y) / t.grad_accum
-                        loss.backward()
-                    loss_value += loss.item()
-                if t.grad_clip:
-                    nn.utils.clip_grad_norm_(net.parameters(), t.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                lr_schedule.step()
-                progress.step += 1
-                progress.batch += 1
-                if world.size > 1:  # one collective a step: the mean loss, and whether any process must stop
-                    shared = torch.tensor([loss_value, float(stop.requested)], dtype=torch.float64)
-                    torch.distributed.all_reduce(shared)
-                    loss_value = float(shared[0]) / world.size
-                    if shared[1] and not stop.requested:
-                        stop.signum = stop.signum or 15
-                progress.loss_sum += loss_value
-                if not math.isfinite(loss_value):
-                    raise FloatingPointError(f"loss is {loss_value} at step {progress.step} (epoch {epoch + 1})")
-                if beta_schedule:  # β for the next step; at 0 the original branches go, before any checkpoint
-                    beta.value = beta_schedule.beta(progress.step)
-                    if beta.value == 0 and drop_originals(net, optimizer):
-                        log.info("beta reached 0 at step %d: original branches dropped", progress.step)
-                        trained = parallel()
-                if writer and progress.step % t.log_every == 0:
-                    writer.add_scalar("train/loss", loss_value, progress.step)
-                    writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], progress.step)
-                    writer.add_scalar("vcon/beta", beta.value, progress.step)
-                overdue = time.monotonic() - last_save > 60 * t.checkpoint_every_min
-                if (stop.requested or overdue) and progress.batch < steps_per_epoch:
-                    progress.mix_rng = mix_rng.get_state()
-                    save(finished=False)
-                    last_save = time.monotonic()
-                    log.info("checkpoint at epoch %d, batch %d, step %d", epoch, progress.batch, progress.step)
-                    if stop.requested:
-                        stop.hand_over()
-
-            seconds = time.perf_counter() - epoch_start
-            metrics = {"epoch": epoch + 1, "step": progress.step, "beta": beta.value,
-                       "loss": progress.loss_sum / steps_per_epoch, "lr": optimizer.param_groups[0]["lr"],
-                       "images_per_s": (steps_per_epoch - epoch_first_batch) * t.batch_size / seconds}
-            with beta.fixed(0.0):
-                metrics["val_acc_compressed"] = evaluate_on(dataset.val)
-            if 0 < beta.value < 1:
-                metrics["val_acc_blended"] = evaluate_on(dataset.val)
-            progress.history.append(metrics)
-            progress.epoch, progress.batch, progress.loss_sum, progress.mix_rng = epoch + 1, 0, 0.0, None
-            if writer:
-                for key in ("loss", "val_acc_compressed", "val_acc_blended", "images_per_s"):
-                    if key in metrics:
-                        writer.add_scalar(f"epoch/{key}", metrics[key], progress.step)
-            log.info("epoch %d/%d  step %d  beta %.3f  loss %.4f  val %s%.2f %% at beta=0  %.0f img/s", epoch + 1,
-                     t.epochs, progress.step, beta.value, metrics["loss"],
-                     f"{metrics['val_acc_blended']:.2f} % blended, " if "val_acc_blended" in metrics else "",
-                     metrics["val_acc_compressed"], metrics["images_per_s"])
-            save(finished=progress.epoch == t.epochs)
-            last_save = time.monotonic()
-            if stop.requested and progress.epoch < t.epochs:
-                stop.hand_over()
-            if on_epoch_end is not None:
-                on_epoch_end(progress.epoch)
-    if writer:
-        writer.close()
+                bar.close()
+                seconds = time.perf_counter() - epoch_start
+                metrics = {"epoch": epoch + 1, "step": progress.step, "beta": beta.value,
+                           "loss": progress.loss_sum / steps_per_epoch, "lr": optimizer.param_groups[0]["lr"],
+                           "images_per_s": (steps_per_epoch - epoch_first_batch) * t.batch_size / seconds}
+                with beta.fixed(0.0):
+                    metrics["val_acc_compressed"] = evaluate_on(dataset.val)
+                if 0 < beta.value < 1:
+                    metrics["val_acc_blended"] = evaluate_on(dataset.val)
+                net.eval()
+                gap = block_gap(net, lambda: _logits(net, pipeline.eval_batch(probe)))
+                net.train()
+                if gap is not None:
+                    metrics["block_gap"] = gap
+                figures = results.figures(net, compression, list(chosen))
+                progress.history.append(metrics)
+                progress.epoch, progress.batch, progress.loss_sum, progress.mix_rng = epoch + 1, 0, 0.0, None
+                if tracker:
+                    tracker.log({f"epoch/{k}": v for k, v in metrics.items() if k not in ("epoch", "step", "lr")}
+                                | {f"compression/{k}": v for k, v in figures.items() if k != "name"}
+                                | {"epoch": epoch + 1}, progress.step)
+                log.info("epoch %d/%d  step %d  beta %.3f  loss %.4f  val %s%.2f %% at beta=0  %.0f img/s", epoch + 1,
+                         t.epochs, progress.step, beta.value, metrics["loss"],
+                         f"{metrics['val_acc_blended']:.2f} % blended, " if "val_acc_blended" in metrics else "",
+                         metrics["val_acc_compressed"], metrics["images_per_s"])
+                save(finished=progress.epoch == t.epochs)
+                last_save = time.monotonic()
+                if stop.requested and progress.epoch < t.epochs:
+                    stop.hand_over()
+                if on_epoch_end is not None:
+                    on_epoch_end(progress.epoch)
+    except BaseException:  # a signal or an error: flush what was logged, so a resumed run continues it
+        if tracker:
+            tracker.finish(exit_code=1)
+        raise
 
     with beta.fixed(0.0) if beta_schedule else contextlib.nullcontext():
         test_acc = evaluate_on(dataset.test)
     if not world.main:
         return None
+    final = {"test_acc": test_acc, "dense_test_acc": dense_acc} | {
+        f"compression/{k}": v for k, v in results.figures(net, compression, list(chosen)).items() if k != "name"}
+    tracker.log({"final/test_acc": test_acc}, progress.step)
+    tracker.finish(final)
     summary = {
         "dense_test_acc": dense_acc,
         "test_acc": test_acc,
