@@ -1,0 +1,182 @@
+"""``vcon-report <run or sweep dir>``: a Markdown report with PNG plots in ``<dir>/report/``.
+
+* accuracy per epoch of the β = 0 model, VCON against one-shot, one panel per compression (the paper's figures);
+* VCON's gain over one-shot per compression, every seed shown;
+* accuracy against Q, where the sweep varies Q;
+* β over the optimizer steps of each schedule in the sweep.
+
+The functions return matplotlib figures, so the notebook in ``notebooks/`` shows the same plots interactively."""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+
+from vcon import sweep
+from vcon.schedule import Schedule
+
+
+def load(path: Path) -> list[dict[str, Any]]:
+    """The finished runs in ``path``: a run folder, or a folder of run folders (a sweep, ``outputs/runs``)."""
+    path = Path(path)
+    runs = sweep.collect(path.parent) if (path / "results.json").exists() else sweep.collect(path)
+    if (path / "results.json").exists():
+        runs = [r for r in runs if r["dir"] == path.name]
+    done = [r for r in runs if r["status"] == "done"]
+    if not done:
+        raise SystemExit(f"vcon-report: no finished run (results.json) in {path} or the folders below it")
+    return done
+
+
+def _q_epochs(run: dict[str, Any]) -> float | None:
+    vcon = run["identity"].get("vcon")
+    if vcon is None:
+        return None
+    if vcon.get("steps") is not None:
+        return vcon["steps"] / run["results"]["steps_per_epoch"]
+    return vcon["epochs"]
+
+
+def _by(runs: list[dict[str, Any]], key) -> dict[Any, list[dict[str, Any]]]:
+    groups: dict[Any, list[dict[str, Any]]] = defaultdict(list)
+    for run in runs:
+        groups[key(run)].append(run)
+    return dict(groups)
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def accuracy_per_epoch(runs: list[dict[str, Any]]) -> plt.Figure:
+    """Validation accuracy of the β = 0 model per epoch, mean ± std over seeds; dense runs as a dashed reference."""
+    compressions = sorted({sweep.describe(r["identity"])[0] for r in runs} - {"dense"})
+    dense = [r for r in runs if sweep.describe(r["identity"])[0] == "dense"]
+    fig, axes = plt.subplots(1, max(1, len(compressions)), figsize=(5 * max(1, len(compressions)), 3.8),
+                             squeeze=False, sharey=True)
+    for ax, name in zip(axes[0], compressions or ["dense"], strict=False):
+        members = [r for r in runs if sweep.describe(r["identity"])[0] == name]
+        for transition, group in sorted(_by(members, lambda r: sweep.describe(r["identity"])[1]).items()):
+            curves = [[h["val_acc_compressed"] for h in r["results"]["history"]] for r in group]
+            length = min(map(len, curves))
+            stats = [_mean_std([c[i] for c in curves]) for i in range(length)]
+            epochs = range(1, length + 1)
+            mean = [m for m, _ in stats]
+            ax.plot(epochs, mean, marker="o", ms=3, label=f"{transition} (n={len(group)})")
+            ax.fill_between(epochs, [m - s for m, s in stats], [m + s for m, s in stats], alpha=0.2)
+        if dense and name != "dense":
+            curves = [[h["val_acc_compressed"] for h in r["results"]["history"]] for r in dense]
+            ax.plot(range(1, len(curves[0]) + 1), [statistics.fmean(c) for c in zip(*curves, strict=False)], "k--",
+                    lw=1, label="dense fine-tuning")
+        ax.set(title=name, xlabel="epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel("validation accuracy at β = 0 (%)")
+    fig.tight_layout()
+    return fig
+
+
+def gains(runs: list[dict[str, Any]]) -> plt.Figure | None:
+    """VCON minus one-shot test accuracy per compression, paired by seed: the bar is the mean, dots the seeds."""
+    rows = [r for r in sweep.summarize(runs) if "gain_mean" in r]
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(rows), 3.6))
+    for i, row in enumerate(rows):
+        ax.bar(i, row["gain_mean"], color="tab:blue", alpha=0.6)
+        twin = next(r for r in sweep.summarize(runs) if r["transition"] == "one-shot"
+                    and r["compression"] == row["compression"] and r["model"] == row["model"])
+        seeds = [row["_acc"][s] - twin["_acc"][s] for s in row["_acc"] if s in twin["_acc"]]
+        ax.scatter([i] * len(seeds), seeds, color="k", s=12, zorder=3)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xticks(range(len(rows)), [f"{r['compression']}\n{r['transition']}" for r in rows], fontsize=8)
+    ax.set_ylabel("VCON − one-shot, test accuracy (points)")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_vs_q(runs: list[dict[str, Any]]) -> plt.Figure | None:
+    """Test accuracy at β = 0 against the transition length Q, where a compression was run with 3 or more Qs."""
+    series = {name: _by(group, _q_epochs) for name, group in
+              _by([r for r in runs if _q_epochs(r) is not None], lambda r: sweep.describe(r["identity"])[0]).items()}
+    series = {name: qs for name, qs in series.items() if len(qs) >= 3}
+    if not series:
+        return None
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for name, by_q in sorted(series.items()):
+        qs = sorted(by_q)
+        stats = [_mean_std([r["results"]["test_acc"] for r in by_q[q]]) for q in qs]
+        ax.errorbar(qs, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", capsize=3, label=name)
+    ax.set(xlabel="Q (epochs; 0 = one-shot)", ylabel="test accuracy at β = 0 (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def beta_curves(runs: list[dict[str, Any]]) -> plt.Figure | None:
+    """β over the optimizer steps for every distinct schedule (computed by the schedule itself)."""
+    schedules = {}
+    for run in runs:
+        vcon = run["identity"].get("vcon")
+        if vcon is None or not run["results"].get("q_steps"):
+            continue
+        params = {k: vcon[k] for k in ("rate", "stages") if k in vcon}
+        key = (vcon["shape"], run["results"]["q_steps"], json.dumps(params, sort_keys=True))
+        schedules[key] = (Schedule(vcon["shape"], run["results"]["q_steps"], params), run["results"]["step"])
+    if not schedules:
+        return None
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    for (shape, q, _), (schedule, total) in sorted(schedules.items()):
+        steps = range(total + 1)
+        ax.plot(steps, [schedule.beta(t) for t in steps], label=f"{shape}, Q = {q} steps")
+    ax.set(xlabel="optimizer step", ylabel="β (1 = original, 0 = compressed)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+PLOTS = {"accuracy_per_epoch": accuracy_per_epoch, "gain": gains, "accuracy_vs_q": accuracy_vs_q,
+         "beta": beta_curves}
+
+
+def write(path: Path) -> Path:
+    """Write ``<path>/report/report.md`` and its PNGs; returns the Markdown file."""
+    path = Path(path)
+    runs = load(path)
+    out = path / "report"
+    out.mkdir(exist_ok=True)
+    every = sweep.collect(path.parent if (path / "results.json").exists() else path)
+    lines = [f"# VCON report: {path.name}", "", sweep.markdown(sweep.summarize(runs), every), ""]
+    for name, plot in PLOTS.items():
+        fig = plot(runs)
+        if fig is None:
+            continue
+        fig.savefig(out / f"{name}.png", dpi=120)
+        plt.close(fig)
+        lines += [f"![{name}]({name}.png)", ""]
+    report = out / "report.md"
+    report.write_text("\n".join(lines))
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="vcon-report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("path", type=Path, help="a run folder, or a sweep folder holding run folders")
+    args = parser.parse_args(argv)
+    if not args.path.is_dir():
+        raise SystemExit(f"vcon-report: {args.path} is not a folder")
+    report = write(args.path)
+    print(report.read_text())
+    print(f"\nwritten: {report} and the PNGs beside it")
+
+
+if __name__ == "__main__":
+    main()
