@@ -2,6 +2,7 @@
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -35,6 +36,8 @@ def test_run_py_end_to_end(tmp_path):
     state = checkpoint.load(out)
     assert state["progress"]["step"] == results["step"] and state["finished"]
     assert "compressed test accuracy (β = 0)" in done.stdout and f"{results['test_acc']:.2f} %" in done.stdout
+    assert "\r" not in done.stdout + done.stderr  # not a terminal (a SLURM log, say): plain lines, no bar redraws
+    assert "epoch 2/2  step 16  beta 0.000" in done.stdout + done.stderr
 
     # W&B, offline: read the run file back and hold it against results.json
     (folder,) = wandb_offline.runs(out)
@@ -50,6 +53,32 @@ def test_run_py_end_to_end(tmp_path):
     betas = [row["vcon/beta"] for row in logged["history"] if "vcon/beta" in row]
     assert betas[0] == pytest.approx(1 - 1 / 16) and betas[-1] == 0 and len(betas) == 16
     assert logged["config"]["compression"]["ratio"] == 0.9 and logged["config"]["seed"] == 0
+
+
+@pytest.mark.slow
+def test_a_terminal_gets_a_progress_bar(tmp_path):
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    main, secondary = pty.openpty()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))  # a 160-column terminal
+    done = subprocess.run([sys.executable, str(ROOT / "run.py"), *QUICK, f"outputs={tmp_path}"], stdout=secondary,
+                          stderr=secondary, timeout=300)
+    os.close(secondary)
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        screen += chunk
+    assert done.returncode == 0
+    text = screen.decode(errors="replace")
+    assert "\r" in text and re.search(r"epoch 1/2: +\d+%.*\| *\d+/8 .*loss=.*beta=.*img_s=", text), text[-2000:]
 
 
 def quick(tmp_path, *overrides, on_epoch_end=None):
