@@ -299,3 +299,15 @@ def test_a_sweep_skips_finished_runs_and_survives_a_failed_one(tmp_path):
     second = run_py(*args)
     assert "already finished" in second.stdout + second.stderr
     assert ok.stat().st_mtime_ns == stamp
+
+
+@pytest.mark.slow
+def test_two_sweeps_started_in_the_same_second_do_not_collide(tmp_path):
+    command = [sys.executable, str(ROOT / "run.py"), "-m", *QUICK, "train.epochs=1", "vcon.epochs=0", "seed=0,1",
+               f"outputs={tmp_path}"]
+    sweeps = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    assert all(p.wait(timeout=300) == 0 for p in sweeps)
+    folders = sorted((tmp_path / "sweeps").iterdir())
+    assert len(folders) == 2  # the names go down to the microsecond, so starting together never shares a folder
+    for folder in folders:
+        assert len(list(folder.glob("*/results.json"))) == 2 and (folder / "summary.md").exists()
