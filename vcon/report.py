@@ -153,7 +153,10 @@ def write(path: Path) -> Path:
     runs = load(path)
     out = path / "report"
     out.mkdir(exist_ok=True)
-    every = sweep.collect(path.parent if (path / "results.json").exists() else path)
+    single = (path / "results.json").exists()
+    if not single:
+        sweep.write(path)  # summary.md and summary.csv, brought up to date
+    every = sweep.collect(path.parent if single else path)
     lines = [f"# VCON report: {path.name}", "", sweep.markdown(sweep.summarize(runs), every), ""]
     for name, plot in PLOTS.items():
         fig = plot(runs)

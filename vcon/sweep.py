@@ -1,6 +1,6 @@
 """The table of a sweep: per configuration, the β = 0 test accuracy as mean ± std over seeds, the compression
 figures, and VCON's gain over the one-shot run of the same compression. Written when a multirun ends (a Hydra
-callback) and on demand: ``python -m vcon.sweep <sweep dir>``."""
+callback) and again by ``vcon-report <sweep dir>``."""
 from __future__ import annotations
 
 import csv
@@ -152,7 +152,3 @@ class SweepTable(Callback):
         if failed:  # the sweep went on past them; its exit status still says that not every run succeeded
             print(f"{len(failed)} run(s) failed: see their error.json", file=sys.stderr)
             sys.exit(1)
-
-
-if __name__ == "__main__":
-    print(write(Path(sys.argv[1])))
