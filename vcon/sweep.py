@@ -73,7 +73,8 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per configuration (runs that differ only in seed), in the order the sweep lists them."""
+    """One row per configuration (runs that differ only in seed): dense first, then each compression, one-shot
+    before VCON."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for run in runs:
         groups.setdefault(_without(run["identity"], "seed"), []).append(run)
@@ -91,6 +92,8 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             figures = done[0]["results"]["compression"]
             row.update({k: figures[k] for k in ("zero_fraction", "bits_per_weight", "params_before", "params_after")})
         rows.append(row)
+    rows.sort(key=lambda r: (r["compression"] != "dense", r["model"], r["data"], r["compression"],
+                             r["transition"] != "one-shot", r["transition"]))
     for row in rows:  # VCON against the one-shot run of the same compression, seed by seed
         if not row["transition"].startswith("VCON"):
             continue
