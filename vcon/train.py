@@ -280,10 +280,10 @@ def _run(cfg: Any, run_dir: Path, compression: Compression, device: torch.device
                 net.train()
                 if gap is not None:
                     metrics["block_gap"] = gap
-                figures = results.figures(net, compression, list(chosen))
                 progress.history.append(metrics)
                 progress.epoch, progress.batch, progress.loss_sum, progress.mix_rng = epoch + 1, 0, 0.0, None
                 if tracker:
+                    figures = results.figures(net, compression, list(chosen))
                     tracker.log({f"epoch/{k}": v for k, v in metrics.items() if k not in ("epoch", "step", "lr")}
                                 | {f"compression/{k}": v for k, v in figures.items() if k != "name"}
                                 | {"epoch": epoch + 1}, progress.step)
@@ -306,8 +306,9 @@ def _run(cfg: Any, run_dir: Path, compression: Compression, device: torch.device
         test_acc = evaluate_on(dataset.test)
     if not world.main:
         return None
+    figures = results.figures(net, compression, list(chosen))
     final = {"test_acc": test_acc, "dense_test_acc": dense_acc} | {
-        f"compression/{k}": v for k, v in results.figures(net, compression, list(chosen)).items() if k != "name"}
+        f"compression/{k}": v for k, v in figures.items() if k != "name"}
     tracker.log({"final/test_acc": test_acc}, progress.step)
     tracker.finish(final)
     summary = {
@@ -319,7 +320,7 @@ def _run(cfg: Any, run_dir: Path, compression: Compression, device: torch.device
         "q_steps": beta_schedule.q_steps if beta_schedule else None,
         "steps_per_epoch": steps_per_epoch,
         "processes": world.size,
-        "compression": results.figures(net, compression, list(chosen)),
+        "compression": figures,
         "history": progress.history,
         "wall_time_s": time.perf_counter() - started,
         "device": str(device),
