@@ -54,14 +54,13 @@ def blend(x: torch.Tensor, degenerate: torch.Tensor, factor: torch.Tensor) -> to
 
 def sharpness_degenerate(x: torch.Tensor) -> torch.Tensor:
     """x smoothed by [[1,1,1],[1,5,1],[1,1,1]]/13 inside, the original on the one-pixel border."""
-    c, h, w = x.shape[1:]
+    h, w = x.shape[-2:]
     if h <= 2 or w <= 2:  # torchvision: no inside, no change
         return x
-    kernel = torch.ones(3, 3, dtype=x.dtype, device=x.device)
-    kernel[1, 1] = 5
-    kernel = (kernel / 13).expand(c, 1, 3, 3)
+    rows = x[..., :-2, :] + x[..., 1:-1, :] + x[..., 2:, :]  # the 3x3 box sum, separably: cheaper than a
+    box = rows[..., :-2] + rows[..., 1:-1] + rows[..., 2:]  # depthwise conv2d on the CPU
     out = x.clone()
-    out[..., 1:-1, 1:-1] = F.conv2d(x, kernel, groups=c)
+    out[..., 1:-1, 1:-1] = (box + 4 * x[..., 1:-1, 1:-1]) / 13
     return out
 
 
