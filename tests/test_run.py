@@ -100,6 +100,8 @@ def stop_after(epochs):
 @pytest.mark.parametrize("overrides", [
     ("compression=prune", "train.epochs=3", "vcon.epochs=2"),  # interrupted during the transition
     ("compression=lrd", "compression.rank=4", "train.epochs=3", "vcon.epochs=1"),  # after originals were dropped
+    ("compression=quant", "train.epochs=2", "train.augment.randaugment.enabled=true",  # the paper's augmentation:
+     "train.augment.mixup_alpha=1.0"),  # its random draws are replayed exactly on resume
 ])
 def test_resumed_run_matches_an_uninterrupted_one(tmp_path, overrides):
     whole = quick(tmp_path / "whole", *overrides)

@@ -16,10 +16,26 @@ from vcon.compression import Compression, ModuleCompression, WeightCompression
 
 
 class Beta:
-    """The current β: 1 is the original network, 0 the compressed one. Shared by every blended module."""
+    """The current β: 1 is the original network, 0 the compressed one. Shared by every blended module.
 
-    def __init__(self, value: float = 1.0) -> None:
+    Blended modules read ``tensor`` (a 0-dim tensor on the model's device, updated in place) and ``phase``, never
+    the Python float ``value``: under ``torch.compile`` a float read in ``forward`` would be baked into the graph and
+    force a recompilation at every step, while a tensor is a graph input and ``phase`` changes only twice a run.
+    """
+
+    def __init__(self, value: float = 1.0, device: torch.device | str | None = None) -> None:
+        self.tensor = torch.ones((), device=device)
         self.value = value
+
+    @property
+    def value(self) -> float:
+        return self._value
+
+    @value.setter
+    def value(self, value: float) -> None:
+        self._value = float(value)
+        self.phase = "original" if value >= 1 else "compressed" if value <= 0 else "blend"
+        self.tensor.fill_(self._value)  # in place: compiled graphs keep reading the same tensor
 
     @contextlib.contextmanager
     def fixed(self, value: float) -> Iterator[None]:
@@ -32,21 +48,22 @@ class Beta:
 
 
 class _StraightThrough(torch.autograd.Function):
-    """Forward: ``W_eff = β·W + (1−β)·C(W)``. Backward: the gradient at ``W_eff`` goes unchanged to the latent W."""
+    """Forward: ``C(W)``. Backward: the gradient goes unchanged to the latent W (straight-through estimator)."""
 
     @staticmethod
-    def forward(ctx, weight: torch.Tensor, beta: float, compress: Callable[[torch.Tensor], torch.Tensor]):
-        compressed = compress(weight)
-        return compressed if beta <= 0 else torch.lerp(compressed, weight, beta)
+    def forward(ctx, weight: torch.Tensor, compress: Callable[[torch.Tensor], torch.Tensor]):
+        return compress(weight)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        return grad, None, None
+        return grad, None
 
 
 class BlendedLinear(nn.Module):
-    """A linear layer whose compressed form is the same layer with weights ``C(W)``: VCON blends the weights, one
-    matmul. It keeps the original ``weight``/``bias`` parameters, so state-dict keys are those of the dense model."""
+    """A linear layer whose compressed form is the same layer with weights ``C(W)``: VCON blends the weights,
+    ``W_eff = β·W + (1−β)·C(W)``, one matmul, forward and backward at ``W_eff``; the gradient reaches the latent W
+    as the reference's does (``β·g + (1−β)·g`` through the straight-through ``C``). It keeps the original
+    ``weight``/``bias`` parameters, so state-dict keys are those of the dense model."""
 
     def __init__(self, linear: nn.Linear, compression: WeightCompression, beta: Beta) -> None:
         super().__init__()
@@ -56,9 +73,10 @@ class BlendedLinear(nn.Module):
         self.beta = beta
 
     def effective_weight(self) -> torch.Tensor:
-        if self.beta.value >= 1:
+        if self.beta.phase == "original":
             return self.weight
-        return _StraightThrough.apply(self.weight, self.beta.value, self.compression.compress)
+        compressed = _StraightThrough.apply(self.weight, self.compression.compress)
+        return compressed if self.beta.phase == "compressed" else torch.lerp(compressed, self.weight, self.beta.tensor)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.effective_weight(), self.bias)
@@ -83,12 +101,11 @@ class BlendedBranches(nn.Module):
         self.original_shape = tuple(original.weight.shape)  # kept for the figures once f is gone
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        beta = self.beta.value
-        if self.original is None or beta <= 0:
+        if self.original is None or self.beta.phase == "compressed":
             return self.compressed(x)
-        if beta >= 1:
+        if self.beta.phase == "original":
             return self.original(x)
-        return torch.lerp(self.compressed(x), self.original(x), beta)
+        return torch.lerp(self.compressed(x), self.original(x), self.beta.tensor.to(x.dtype))
 
     def branches(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         return None if self.original is None else (self.original(x), self.compressed(x))
@@ -102,7 +119,9 @@ class BlendedBranches(nn.Module):
 def blend_(model: nn.Module, compression: Compression, names: list[str], beta: Beta | None = None) -> Beta:
     """Replace each module in ``names`` (from ``vcon.targets.select``) by its blend with its compressed form.
     Returns the β that drives them all. The dense baseline (``compression=none``) wraps nothing."""
-    beta = beta or Beta()
+    if beta is None:
+        first = next(iter(model.parameters()), None)
+        beta = Beta(device=first.device if first is not None else None)
     if compression.identity:
         return beta
     for name in names:

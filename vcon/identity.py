@@ -12,9 +12,10 @@ from typing import Any, Iterator
 from omegaconf import DictConfig, OmegaConf
 
 # Sections that define what a run computes. Not in it: where and how it runs (device, launcher, output folders)
-# and settings that change no number (logging cadence, evaluation batch size).
+# and settings that change no number beyond float rounding (logging cadence, evaluation batch size, compilation: a
+# run started eager may resume compiled).
 SECTIONS = ("seed", "model", "data", "compression", "vcon", "target", "train")
-IGNORED = {"train": ("log_every", "eval_batch_size", "checkpoint_every_min")}
+IGNORED = {"train": ("log_every", "eval_batch_size", "checkpoint_every_min", "compile")}
 
 
 def identity(cfg: DictConfig) -> dict[str, Any]:

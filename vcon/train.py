@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from vcon import checkpoint, data, distributed, hub, identity, model, results, schedule, targets, tracking
 from vcon.augment import Pipeline
-from vcon.blend import BlendedBranches, blend_, block_gap, drop_originals
+from vcon.blend import Beta, BlendedBranches, blend_, block_gap, drop_originals
 from vcon.compression import Compression, from_config as compression_from_config
 from vcon.errors import ConfigError, require
 from vcon.preemption import StopRequest
@@ -50,6 +50,7 @@ def check(cfg: Any) -> Compression:
             (t.lr, t.min_lr, t.warmup_start_lr), "0 <= min_lr <= lr and 0 < warmup_start_lr <= lr")
     require(0 <= t.warmup_epochs <= t.epochs, "train.warmup_epochs", t.warmup_epochs, "in [0, train.epochs]")
     require(t.precision in ("auto", "fp32", "bf16"), "train.precision", t.precision, "auto, fp32 or bf16")
+    require(t.compile in ("auto", True, False), "train.compile", t.compile, "auto, true or false")
     require(cfg.device in ("auto", "cpu", "cuda"), "device", cfg.device, "auto, cpu or cuda")
     if cfg.save_pretrained and not compression.identity:
         raise ConfigError(f"save_pretrained=true is not allowed with compression={compression.name}: only dense runs "
@@ -86,9 +87,9 @@ def evaluate(net: nn.Module, split: data.Split, pipeline: Pipeline, batch_size: 
     correct = 0
     for start in range(lo, hi, batch_size):
         end = min(start + batch_size, hi)
-        with autocast():
-            predicted = _logits(net, pipeline.eval_batch(split.images[start:end])).argmax(-1).cpu()
-        correct += int((predicted == split.labels[start:end]).sum())
+        with autocast(), torch.compiler.set_stance("force_eager"):  # compiled blocks are for training steps
+            predicted = _logits(net, pipeline.eval_batch(split.images[start:end])).argmax(-1)
+        correct += int((predicted == split.labels[start:end].to(predicted.device)).sum())
     net.train(was_training)
     return 100.0 * distributed.sum_(correct, world) / len(split)
 
@@ -103,6 +104,87 @@ class Progress:
     loss_sum: float = 0.0  # over the current epoch's steps
     history: list = dataclasses.field(default_factory=list)
     mix_rng: Any = None  # MixUp's generator state, mid-epoch
+
+
+class Step:
+    """One optimizer step on a batch of uint8 images: augmentation on the device, forward and backward (under
+    ``autocast``), gradient clipping, AdamW, the LR schedule. ``run`` trains through it and ``bench/train_speed.py``
+    times it, so the benchmark measures the code that trains.
+
+    It returns the loss as a device tensor and never waits for the device: the host queues the next step while the
+    device still computes this one. Reading the loss (``float``) is the caller's choice, every ``log_every`` steps.
+    """
+
+    def __init__(self, net: nn.Module, optimizer: torch.optim.Optimizer, lr_schedule: Any, pipeline: Pipeline,
+                 autocast: Callable, train: Any, world: distributed.World = distributed.SINGLE) -> None:
+        self.net, self.trained, self.optimizer, self.lr_schedule = net, net, optimizer, lr_schedule
+        self.pipeline, self.autocast, self.world = pipeline, autocast, world
+        self.grad_accum, self.grad_clip = train.grad_accum, train.grad_clip
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, mix_rng: torch.Generator) -> torch.Tensor:
+        micro = len(labels) // self.grad_accum
+        return self.optimize([self.pipeline.train_batch(part, part_labels, mix_rng)
+                              for part, part_labels in zip(images.split(micro), labels.split(micro))])
+
+    def optimize(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """Forward and backward over ``grad_accum`` prepared (inputs, targets) pairs, then one optimizer step."""
+        total = None
+        for i, (x, y) in enumerate(batches):
+            sync = i == len(batches) - 1 or self.world.size == 1
+            with contextlib.nullcontext() if sync else self.trained.no_sync(), self.autocast():
+                loss = F.cross_entropy(_logits(self.trained, x).float(), y) / len(batches)
+                loss.backward()
+            total = loss.detach() if total is None else total + loss.detach()
+        if self.grad_clip:
+            nn.utils.clip_grad_norm_(self.net.parameters(), self.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.lr_schedule.step()
+        return total
+
+
+def compile_blocks(net: nn.Module) -> int:
+    """``torch.compile`` each repeated block (regional compilation): the blocks share one compiled graph, so
+    compiling takes seconds, not the minutes a whole-model compile takes, and fuses what matters — the element-wise
+    work around the matmuls, and the masks and scales of the compressed weights. Returns the number of blocks."""
+    blocks = [block for name in targets.block_lists(net) for block in net.get_submodule(name)]
+    for block in blocks:
+        block.compile()
+    return len(blocks)
+
+
+def autocast_for(train: Any, device: torch.device) -> Callable:
+    """bf16 autocast (fp32 master weights and optimizer) where ``train.precision`` asks for it: ``auto`` is bf16 on
+    CUDA, fp32 on the CPU."""
+    use_bf16 = train.precision == "bf16" or (train.precision == "auto" and device.type == "cuda")
+    return lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+
+def build_model(cfg: Any, compression: Compression, num_classes: int,
+                device: torch.device) -> tuple[nn.Module, dict[str, nn.Module], Beta, Pipeline]:
+    """The configured model on ``device`` with its targets blended (at β = 1, still the dense model), the β that
+    drives them, and the input pipeline."""
+    net = model.build(cfg.model, num_classes).to(device)
+    chosen = targets.select(net, cfg.target)
+    compression.check(chosen)
+    beta = blend_(net, compression, list(chosen))
+    pipeline = Pipeline(cfg.train.augment, net.config.image_size, net.config.num_channels, list(cfg.model.mean),
+                        list(cfg.model.std), num_classes, device)
+    return net, chosen, beta, pipeline
+
+
+def build_step(net: nn.Module, pipeline: Pipeline, train: Any, steps_per_epoch: int, total_steps: int,
+               device: torch.device, world: distributed.World = distributed.SINGLE) -> Step:
+    """AdamW (fused on CUDA) with warm-up and cosine decay over the parameters ``net`` trains now (after any
+    ``drop_originals``), the blocks compiled where ``train.compile`` says, and the ``Step`` that uses them."""
+    optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=train.lr,
+                                  weight_decay=train.weight_decay, fused=device.type == "cuda")
+    lr_factor = WarmupCosine(round(train.warmup_epochs * steps_per_epoch), total_steps,
+                             train.warmup_start_lr / train.lr, train.min_lr / train.lr)
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    if train.compile is True or (train.compile == "auto" and device.type == "cuda"):
+        log.info("compiled %d blocks with torch.compile", compile_blocks(net))
+    return Step(net, optimizer, lr_schedule, pipeline, autocast_for(train, device), train, world)
 
 
 def run(cfg: Any, run_dir: str | Path, on_epoch_end: Callable[[int], None] | None = None, run_name: str | None = None,
@@ -141,13 +223,7 @@ def _run(cfg: Any, run_dir: Path, compression: Compression, device: torch.device
         return json.loads((run_dir / "results.json").read_text()) if world.main else None
 
     checkpoint.seed_everything(cfg.seed + world.rank)
-    use_bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
-    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)  # noqa: E731
-
-    dataset = data.load(cfg.data)
-    net = model.build(cfg.model, dataset.num_classes).to(device)
-    chosen = targets.select(net, cfg.target)
-    compression.check(chosen)
+    dataset = data.load(cfg.data).to(device)  # on a GPU, batches are then gathered there: no copies per step
     t = cfg.train
     epoch_images = min(t.epoch_size or len(dataset.train), len(dataset.train))
     steps_per_epoch = epoch_images // t.batch_size
@@ -155,23 +231,19 @@ def _run(cfg: Any, run_dir: Path, compression: Compression, device: torch.device
     total_steps = t.epochs * steps_per_epoch
     beta_schedule = schedule.from_config(cfg.vcon, steps_per_epoch, total_steps) if not compression.identity else None
 
-    pipeline = Pipeline(t.augment, net.config.image_size, net.config.num_channels, list(cfg.model.mean),
-                        list(cfg.model.std), dataset.num_classes, device)
+    net, chosen, beta, pipeline = build_model(cfg, compression, dataset.num_classes, device)
+    autocast = autocast_for(t, device)
     evaluate_on = lambda split: evaluate(net, split, pipeline, t.eval_batch_size, autocast, world)  # noqa: E731
-    dense_acc = state["dense_test_acc"] if state else evaluate_on(dataset.test)
+    dense_acc = state["dense_test_acc"] if state else evaluate_on(dataset.test)  # β = 1: the dense model
     log.info("dense test accuracy %.2f %%; %s", dense_acc, "dense fine-tuning" if compression.identity else
              f"compressing {len(chosen)} modules with {compression}")
 
-    beta = blend_(net, compression, list(chosen))
     progress = Progress(**state["progress"]) if state else Progress()
     beta.value = beta_schedule.beta(progress.step) if beta_schedule else 1.0
     if beta_schedule and beta.value == 0:
         drop_originals(net)
-    optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=t.lr,
-                                  weight_decay=t.weight_decay, fused=device.type == "cuda")
-    lr_factor = WarmupCosine(round(t.warmup_epochs * steps_per_epoch), total_steps, t.warmup_start_lr / t.lr,
-                             t.min_lr / t.lr)
-    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    step = build_step(net, pipeline, t, steps_per_epoch, total_steps, device, world)
+    optimizer, lr_schedule = step.optimizer, step.lr_schedule
     if state:
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -200,14 +272,13 @@ def _run(cfg: Any, run_dir: Path, compression: Compression, device: torch.device
     tracker = tracking.Tracker(cfg, run_dir, run_name, group, progress.step if state else None) if world.main else None
     probe = dataset.val.images[:64]  # a fixed batch on which the gap between original and compressed blocks is measured
     try:
-        trained = parallel()
-        micro = t.batch_size // (t.grad_accum * world.size)
+        step.trained = parallel()
         last_save = time.monotonic()
         with StopRequest() as stop:
             while progress.epoch < t.epochs:
                 epoch = progress.epoch
                 order = torch.randperm(len(dataset.train), generator=torch.Generator().manual_seed(
-                    cfg.seed * 100_003 + epoch))[:epoch_images]
+                    cfg.seed * 100_003 + epoch))[:epoch_images].to(dataset.train.labels.device)
                 mix_rng = torch.Generator().manual_seed(cfg.seed * 100_019 + epoch + 7919 * world.rank)
                 if progress.mix_rng is not None:
                     mix_rng.set_state(progress.mix_rng)
@@ -216,40 +287,38 @@ def _run(cfg: Any, run_dir: Path, compression: Compression, device: torch.device
                            unit="step", leave=False, dynamic_ncols=True,
                            disable=not (world.main and sys.stderr.isatty()))  # SLURM logs get the epoch lines alone
                 last_log = time.perf_counter()
+                pending = []  # losses of the steps since the last read, still on the device
                 while progress.batch < steps_per_epoch:
                     first = progress.batch * t.batch_size
                     batch = order[first:first + t.batch_size][world.rank::world.size]  # this process's share
-                    loss_value = 0.0
-                    for i, index in enumerate(batch.split(micro)):
-                        x, y = pipeline.train_batch(dataset.train.images[index], dataset.train.labels[index], mix_rng)
-                        sync = i == t.grad_accum - 1 or world.size == 1
-                        with contextlib.nullcontext() if sync else trained.no_sync(), autocast():
-                            loss = F.cross_entropy(_logits(trained, x).float(), y) / t.grad_accum
-                            loss.backward()
-                        loss_value += loss.item()
-                    if t.grad_clip:
-                        nn.utils.clip_grad_norm_(net.parameters(), t.grad_clip)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    lr_schedule.step()
+                    loss = step(dataset.train.images[batch], dataset.train.labels[batch], mix_rng)
                     progress.step += 1
                     progress.batch += 1
                     if world.size > 1:  # one collective a step: the mean loss, and whether any process must stop
-                        shared = torch.tensor([loss_value, float(stop.requested)], dtype=torch.float64)
+                        shared = torch.stack([loss.double(), torch.tensor(  # on the device: NCCL needs it there
+                            float(stop.requested), dtype=torch.float64, device=loss.device)])
                         torch.distributed.all_reduce(shared)
-                        loss_value = float(shared[0]) / world.size
+                        loss = shared[0] / world.size
                         if shared[1] and not stop.requested:
                             stop.signum = stop.signum or 15
-                    progress.loss_sum += loss_value
-                    if not math.isfinite(loss_value):
-                        raise FloatingPointError(f"loss is {loss_value} at step {progress.step} (epoch {epoch + 1})")
+                    pending.append(loss)
                     if beta_schedule:  # β for the next step; at 0 the original branches go, before any checkpoint
                         beta.value = beta_schedule.beta(progress.step)
                         if beta.value == 0 and drop_originals(net, optimizer):
                             log.info("beta reached 0 at step %d: original branches dropped", progress.step)
-                            trained = parallel()
+                            step.trained = parallel()
+                    logging_step = progress.step % t.log_every == 0
+                    overdue = time.monotonic() - last_save > 60 * t.checkpoint_every_min
+                    if logging_step or stop.requested or overdue or progress.batch == steps_per_epoch:
+                        losses = [float(v) for v in torch.stack(pending).cpu()]  # the one wait for the device
+                        pending.clear()
+                        progress.loss_sum += sum(losses)
+                        loss_value = losses[-1]
+                        if not all(map(math.isfinite, losses)):
+                            raise FloatingPointError(f"loss is {loss_value} at step {progress.step} (epoch "
+                                                     f"{epoch + 1}; checked every train.log_every steps)")
                     bar.update()
-                    if progress.step % t.log_every == 0:
+                    if logging_step:
                         now = time.perf_counter()
                         speed = t.log_every * t.batch_size / (now - last_log)
                         last_log = now
@@ -257,7 +326,6 @@ def _run(cfg: Any, run_dir: Path, compression: Compression, device: torch.device
                         if tracker:
                             tracker.log({"train/loss": loss_value, "train/lr": optimizer.param_groups[0]["lr"],
                                          "vcon/beta": beta.value, "train/images_per_s": speed}, progress.step)
-                    overdue = time.monotonic() - last_save > 60 * t.checkpoint_every_min
                     if (stop.requested or overdue) and progress.batch < steps_per_epoch:
                         progress.mix_rng = mix_rng.get_state()
                         save(finished=False)

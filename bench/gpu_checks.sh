@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Every GPU measurement of the project in one prepared call, for a lent GPU machine whose time is counted:
+#   speed   - bench/train_speed.py: the seven configurations, compiled bf16 (what a run uses) and eager bf16; the
+#             dense model also in eager fp32 (the reference's setting)
+#   precision - the offline default run (vit-micro, Fashion-MNIST, pruning 90 %, VCON) in bf16 and fp32, 3 seeds
+#   export  - bench/export_speed.py on the GPU (2:4 sparse kernels, low-rank factors, packed formats)
+#   torchvision - vcon's RandAugment against torchvision's, op by op (torchvision cannot be installed beside CPU torch)
+# Usage: bash bench/gpu_checks.sh "speed precision torchvision export" [results folder, default bench/results]
+# The machine needs torch, transformers and safetensors; hydra-core, omegaconf and antlr4 (pure Python) can come in
+# a folder on PYTHONPATH (VCON_PYDEPS), and Fashion-MNIST's IDX files in VCON_FASHION_MNIST.
+set -uo pipefail
+what=" ${1:-speed precision torchvision export} "
+out=${2:-bench/results}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 PYTHONPATH="${VCON_PYDEPS:+$VCON_PYDEPS:}$PWD${PYTHONPATH:+:$PYTHONPATH}"
+fmnist=${VCON_FASHION_MNIST:-/usr/share/datasets/fashion-mnist}
+
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | tee "$out/gpu.txt"
+python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+
+if [[ $what == *" speed "* ]]; then
+  timeout 330 python3 bench/train_speed.py --out "$out" --steps 30 --warmup 8 --variants bf16:true,bf16:false 2>&1 | grep -v "^Loading" \
+    | tee "$out/train_speed.log"
+  timeout 60 python3 bench/train_speed.py --out "$out" --steps 30 --warmup 8 --configs vanilla --variants fp32:false 2>&1 | grep -v "^Loading" \
+    | tee -a "$out/train_speed.log"
+fi
+
+if [[ $what == *" precision "* ]]; then
+  # Six independent runs side by side on the one GPU (each is small); eager, so that no compilation is timed.
+  for precision in fp32 bf16; do
+    for seed in 0 1 2; do
+      timeout 150 python3 run.py seed=$seed train.precision=$precision train.compile=false device=cuda data.root="$fmnist" \
+        tracking.wandb.mode=disabled outputs=/tmp/vcon-precision >"/tmp/vcon-precision-$precision-$seed.log" 2>&1 &
+    done
+  done
+  wait
+  tail -n 4 /tmp/vcon-precision-*.log >"$out/precision.log"
+  python3 - "$out" <<'EOF'
+import json, pathlib, statistics, sys
+rows = {}
+for path in sorted(pathlib.Path("/tmp/vcon-precision/runs").glob("*/results.json")):
+    config = (path.parent / ".hydra" / "config.yaml").read_text()
+    precision = "bf16" if "precision: bf16" in config else "fp32"
+    r = json.loads(path.read_text())
+    rows.setdefault(precision, []).append({"run": path.parent.name, "test_acc": r["test_acc"],
+                                           "dense_test_acc": r["dense_test_acc"], "wall_time_s": r["wall_time_s"],
+                                           "images_per_s": r["history"][-1]["images_per_s"]})
+summary = {p: {"runs": v, "mean": statistics.mean(x["test_acc"] for x in v),
+               "std": statistics.stdev(x["test_acc"] for x in v) if len(v) > 1 else 0.0} for p, v in rows.items()}
+pathlib.Path(sys.argv[1], "precision.json").write_text(json.dumps(summary, indent=1))
+for p, s in summary.items():
+    print(f"{p}: test accuracy at beta=0 {s['mean']:.2f} +- {s['std']:.2f} over {len(s['runs'])} seeds:",
+          [round(x["test_acc"], 2) for x in s["runs"]])
+EOF
+fi
+
+if [[ $what == *" torchvision "* ]]; then
+  timeout 60 python3 bench/randaugment_vs_torchvision.py 2>&1 | tee "$out/randaugment_vs_torchvision.txt" | tail -4
+fi
+
+if [[ $what == *" export "* ]]; then
+  python3 bench/export_speed.py --device cuda 2>&1 | tee "$out/export_speed.log"
+  cp bench/results/export_speed-*.json "$out/" 2>/dev/null || true
+fi

@@ -1,0 +1,238 @@
+"""Training throughput: images/s per configuration, end to end and for the optimizer step alone.
+
+It builds what a run builds (``vcon.train.build_model`` / ``build_step`` from the real Hydra config) and times the
+``Step`` that ``run.py`` trains through, on CIFAR-sized uint8 images held on the device as a CIFAR-10 run holds them:
+
+* ``e2e``: indices in, uint8 images gathered, RandAugment and MixUp on the device, resize, forward, backward, AdamW;
+* ``step``: one prepared batch, only forward, backward and AdamW (the reference's ``*/gpu``);
+* ``pipeline``: the augmentation alone (the reference's ``loader_only``).
+
+    python bench/train_speed.py                     # CUDA: ViT-T/16, 224 px, batch 128, the paper recipe
+    python bench/train_speed.py --device cpu --model vit-micro --recipe micro   # the offline default run
+
+Compressions are timed one-shot (β = 0, originals dropped) and in the VCON transition (β = 0.5, both branches).
+Figures are compared with the reference implementation's (``bench/reference-throughput-h100.json``, measured on an
+H100) and written to ``bench/results/``. Not a test: no figure here is asserted.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from hydra import compose, initialize_config_dir  # noqa: E402
+
+import vcon  # noqa: E402,F401  (registers the config resolvers)
+from vcon import data, train  # noqa: E402
+from vcon.blend import drop_originals  # noqa: E402
+from vcon.compression import from_config  # noqa: E402
+
+# name -> (compression overrides, β while timed); the names are the reference's, "vanilla" being ours "dense"
+CONFIGS = {
+    "vanilla": (["compression=none"], 1.0),
+    "prune": (["compression=prune"], 0.0),
+    "prune_vcon": (["compression=prune"], 0.5),
+    "quant": (["compression=quant"], 0.0),
+    "quant_vcon": (["compression=quant"], 0.5),
+    "lrd": (["compression=lrd"], 0.0),
+    "lrd_vcon": (["compression=lrd"], 0.5),
+}
+REFERENCE = json.loads((ROOT / "bench" / "reference-throughput-h100.json").read_text())
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, steps: int, device: torch.device, repeats: int) -> float:
+    """Median over ``repeats`` of the seconds ``steps`` calls take (the device drained before and after)."""
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def compose_config(model: str, recipe: str, extra: list[str]):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        return compose(config_name="config", overrides=[f"model={model}", f"train={recipe}",
+                                                        "tracking.wandb.mode=disabled", *extra])
+
+
+def fake_cifar(cfg, device: torch.device, n: int) -> data.Split:
+    """CIFAR-sized uint8 images at the model's native resolution for its data (32 px RGB, or 28 px grey for the
+    Fashion-MNIST models): speed does not depend on the pixels, and the hub is not needed."""
+    channels = cfg.model.vit.num_channels if cfg.model.source == "scratch" else len(cfg.model.mean)
+    side = 32 if channels == 3 else 28
+    g = torch.Generator().manual_seed(0)
+    return data.Split(torch.randint(0, 256, (n, channels, side, side), dtype=torch.uint8, generator=g),
+                      torch.randint(0, 10, (n,), generator=g)).to(device)
+
+
+def measure(name: str, args, device: torch.device, precision: str, compile_: bool) -> dict:
+    overrides, beta_value = CONFIGS[name]
+    cfg = compose_config(args.model, args.recipe, [*overrides, f"train.precision={precision}",
+                                                   f"train.compile={str(compile_).lower()}",
+                                                   f"train.batch_size={args.batch}"])
+    torch._dynamo.reset()  # every configuration compiles afresh: no cache entries left over from the last one
+    torch.manual_seed(0)
+    compression = from_config(cfg.compression)
+    net, _, beta, pipeline = train.build_model(cfg, compression, 10, device)
+    beta.value = beta_value
+    if beta_value == 0:
+        drop_originals(net)
+    step = train.build_step(net, pipeline, cfg.train, steps_per_epoch=390, total_steps=60 * 390, device=device)
+    images = fake_cifar(cfg, device, args.images)
+    mix_rng = torch.Generator().manual_seed(0)
+
+    def batch_indices() -> torch.Tensor:
+        return torch.randint(0, len(images), (args.batch,), device=device)
+
+    def e2e() -> None:
+        index = batch_indices()
+        step(images.images[index], images.labels[index], mix_rng)
+
+    index = batch_indices()
+    prepared = [pipeline.train_batch(images.images[index], images.labels[index], mix_rng)]
+    started = time.perf_counter()
+    for _ in range(args.warmup):  # compilation (first call) and allocator warm-up
+        e2e()
+        step.optimize(prepared)
+    sync(device)
+    warmup_s = time.perf_counter() - started
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    row = {
+        "config": name, "precision": precision, "compile": compile_, "beta": beta_value,
+        "e2e": args.batch * args.steps / timed(e2e, args.steps, device, args.repeats),
+        "step": args.batch * args.steps / timed(lambda: step.optimize(prepared), args.steps, device, args.repeats),
+        "pipeline": args.batch * args.steps / timed(
+            lambda: pipeline.train_batch(images.images[batch_indices()], images.labels[batch_indices()], mix_rng),
+            args.steps, device, args.repeats),
+        "warmup_s": warmup_s,
+    }
+    if device.type == "cuda":
+        row["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    print(f"  {name:10s} {precision} compile={compile_!s:5s}  e2e {row['e2e']:8.0f}  step {row['step']:8.0f}  "
+          f"pipeline {row['pipeline']:8.0f} img/s  (warm-up {warmup_s:.1f} s)", flush=True)
+    return row
+
+
+def plain_loop(args, device: torch.device) -> float:
+    """The floor: a bare PyTorch loop training the same dense model on the same uint8 batches — normalise,
+    forward, cross-entropy, backward, AdamW — with none of vcon's machinery."""
+    from vcon import model
+
+    cfg = compose_config(args.model, args.recipe, [])
+    torch.manual_seed(0)
+    net = model.build(cfg.model, 10).to(device)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=device.type == "cuda")
+    images = fake_cifar(cfg, device, args.images)
+
+    def one() -> None:
+        index = torch.randint(0, len(images), (args.batch,), device=device)
+        x = (images.images[index].float() / 255 - 0.5) / 0.5
+        F.cross_entropy(net(pixel_values=x).logits, images.labels[index]).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(args.warmup):
+        one()
+    return args.batch * args.steps / timed(one, args.steps, device, args.repeats)
+
+
+def table(rows: list[dict], plain: float | None, device_name: str) -> str:
+    reference = REFERENCE["img_per_s"]
+    on_reference_card = "H100" in device_name
+    lines = ["| configuration | precision | compiled | e2e img/s | step img/s | pipeline img/s | reference e2e | "
+             "e2e / reference |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ref = reference.get(f"{r['config']}/e2e")
+        ratio = f"{r['e2e'] / ref:.2f}×" if ref else "–"
+        if ref and not on_reference_card:
+            ratio += " (other card)"
+        lines.append(f"| {r['config']} | {r['precision']} | {r['compile']} | {r['e2e']:,.0f} | {r['step']:,.0f} | "
+                     f"{r['pipeline']:,.0f} | {ref or 0:,.0f} | {ratio} |")
+    by_key = {(r["config"], r["precision"], r["compile"]): r for r in rows}
+    overhead = []
+    for base, limit in (("prune", 10), ("quant", 10), ("lrd", 40)):
+        for (config, precision, compiled), r in by_key.items():
+            if config == f"{base}_vcon" and (base, precision, compiled) in by_key:
+                one_shot = by_key[(base, precision, compiled)]
+                extra = 100 * (one_shot["step"] / r["step"] - 1)
+                extra_e2e = 100 * (one_shot["e2e"] / r["e2e"] - 1)
+                overhead.append(f"| {base} | {precision} | {compiled} | {extra:+.1f} % | {extra_e2e:+.1f} % | "
+                                f"≤ {limit} % |")
+    if overhead:
+        lines += ["", "VCON's own cost while β > 0 (time per step against the same compression one-shot):", "",
+                  "| compression | precision | compiled | step | e2e | allowed |", "|---|---|---|---|---|---|",
+                  *overhead]
+    if plain:
+        lines += ["", f"plain PyTorch loop, same dense model and batches: {plain:,.0f} img/s"]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--model", default="vit-tiny-scratch")
+    parser.add_argument("--recipe", default="paper", help="the train config group: paper (RandAugment + MixUp) or "
+                                                          "micro (the offline default run's: no augmentation)")
+    parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--variants", default=None,
+                        help="precision:compile pairs, e.g. bf16:true,fp32:false (default: what a run on this "
+                             "device uses, bf16:true on CUDA and fp32:false on the CPU)")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=50, help="timed steps per repeat")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--images", type=int, default=50_000)
+    parser.add_argument("--plain", action="store_true", help="also time a bare PyTorch loop on the dense model")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    names = args.configs.split(",")
+    unknown = sorted(set(names) - set(CONFIGS))
+    if unknown:
+        parser.error(f"--configs {unknown} not known; allowed: {list(CONFIGS)}")
+    variants = args.variants or ("bf16:true" if device.type == "cuda" else "fp32:false")
+    pairs = [(p, c == "true") for p, c in (v.split(":") for v in variants.split(","))]
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    header = {"device": device_name, "torch": torch.__version__, "python": platform.python_version(),
+              "model": args.model, "recipe": args.recipe, "batch": args.batch, "steps": args.steps,
+              "repeats": args.repeats, "threads": torch.get_num_threads()}
+    try:
+        import transformers
+        header["transformers"] = transformers.__version__
+    except ImportError:
+        pass
+    print(json.dumps(header), flush=True)
+    rows = [measure(name, args, device, precision, compiled) for precision, compiled in pairs for name in names]
+    plain = plain_loop(args, device) if args.plain else None
+    text = table(rows, plain, device_name)
+    print(text)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = out / f"train_speed-{device.type}-{args.model}-{stamp}.json"
+    path.write_text(json.dumps({**header, "rows": rows, "plain_img_per_s": plain, "table": text}, indent=1))
+    print(f"written {path}")
+
+
+if __name__ == "__main__":
+    main()
