@@ -105,7 +105,8 @@ class BlendedBranches(nn.Module):
             return self.compressed(x)
         if self.beta.phase == "original":
             return self.original(x)
-        return torch.lerp(self.compressed(x), self.original(x), self.beta.tensor.to(x.dtype))
+        compressed, original = self.compressed(x), self.original(x)  # bf16 under autocast, whatever x is
+        return torch.lerp(compressed, original, self.beta.tensor.to(compressed.dtype))
 
     def branches(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         return None if self.original is None else (self.original(x), self.compressed(x))
