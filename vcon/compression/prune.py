@@ -4,11 +4,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import warnings
 
 import torch
 from torch import nn
 
-from vcon.compression.base import Footprint, WeightCompression, register
+from vcon.compression import bits
+from vcon.compression.base import Footprint, Packed, WeightCompression, register
 from vcon.errors import ConfigError, require
 
 _NM = re.compile(r"^(\d+):(\d+)$")
@@ -84,6 +86,67 @@ class Prune(WeightCompression):
             kept = rows * per_row if self.granularity == "row" else fp.values - round(self.ratio * fp.values)
             index_bits = min(fp.values, kept * math.ceil(math.log2(fp.values)))  # bitmask or indices
         return Footprint(kept, fp.value_bits, fp.overhead_bits + index_bits)
+
+
+    # Export: the kept values and their positions (bits.pack_positions), or, for N:M, each kept value's index inside
+    # its group at ceil(log2 M) bits: the values + metadata layout that semi-structured sparse kernels take.
+    def stored(self, weight: torch.Tensor) -> torch.Tensor:
+        return self.keep_mask(weight)
+
+    def pack_positions(self, mask: torch.Tensor) -> Packed:
+        rows, cols = mask.shape
+        kept = int(mask.sum())
+        if self.group is not None:
+            n, m = self.group
+            index = mask.reshape(-1, m).nonzero()[:, 1]  # row-major: group by group, ascending inside each
+            groups = mask.numel() // m
+            return Packed({"group_index": bits.pack_ints(index, math.ceil(math.log2(m)))},
+                          {"positions": f"{n}:{m}", "kept": kept}, groups * bits.log2_binomial(m, n), kept)
+        tensors, meta = bits.pack_positions(mask)
+        if self.granularity == "row":  # each row keeps the same count: the minimum knows it
+            minimum = rows * bits.log2_binomial(cols, kept // rows)
+        else:
+            minimum = bits.log2_binomial(mask.numel(), kept)
+        return Packed(tensors, meta, minimum, kept)
+
+    def sparse_module(self, packed: Packed, values: torch.Tensor) -> nn.Module:
+        rows, cols = packed.meta["shape"]
+        kept = packed.meta["kept"]
+        if self.group is not None:
+            n, m = self.group
+            index = bits.unpack_ints(packed.tensors["group_index"], kept, math.ceil(math.log2(m)))
+            flat = torch.arange(kept // n).repeat_interleave(n) * m + index
+        else:
+            flat = bits.unpack_positions(packed.tensors, packed.meta, rows * cols)
+        return SparseLinear(rows, cols, flat, values, packed.tensors.get("bias"))
+
+
+class SparseLinear(nn.Module):
+    """A pruned layer at run time: CSR (row pointers, int64 column indices, the kept values), multiplied with
+    ``torch.mm(csr, x^T)`` (MKL sparse on CPU, cuSPARSE on CUDA). No dense copy of the weight exists."""
+
+    execution = "CSR sparse matmul (torch.mm with a sparse_csr weight)"
+
+    def __init__(self, out_features: int, in_features: int, flat_index: torch.Tensor, values: torch.Tensor,
+                 bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        rows = flat_index // in_features
+        counts = torch.bincount(rows, minlength=out_features)
+        self.register_buffer("crow", torch.cat([counts.new_zeros(1), counts.cumsum(0)]))
+        self.register_buffer("col", flat_index % in_features)
+        self.register_buffer("values", values)
+        self.register_buffer("bias", bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with warnings.catch_warnings():  # "sparse CSR support is in beta"
+            warnings.simplefilter("ignore", UserWarning)
+            weight = torch.sparse_csr_tensor(self.crow, self.col, self.values.to(x.dtype),
+                                             (self.out_features, self.in_features))
+        y = torch.mm(weight, x.reshape(-1, self.in_features).t().contiguous()).t()
+        if self.bias is not None:
+            y = y + self.bias.to(x.dtype)
+        return y.reshape(*x.shape[:-1], self.out_features)
 
 
 def _top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
