@@ -100,7 +100,7 @@ def export_model(net: nn.Module, compression: Compression, names: list[str], out
         save_file({k: v.detach().contiguous().clone() for k, v in tensors.items()}, tmp / WEIGHTS,
                   metadata={"format": "pt"})
         loaded = load(tmp)
-        figures = _figures(net, compression, packs, loaded, tmp, _dense_twin(net, compression, names), timing_s)
+        figures = _figures(net, compression, packs, loaded, tmp, dense_twin(net, compression, names), timing_s)
         (tmp / FIGURES).write_text(json.dumps(figures, indent=2))
         if out.exists():
             out.rmdir()  # checked empty above
@@ -166,7 +166,7 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, timing_s: flo
     return figures
 
 
-def _dense_twin(net: nn.Module, compression: Compression, names: list[str]) -> nn.Module:
+def dense_twin(net: nn.Module, compression: Compression, names: list[str]) -> nn.Module:
     """The β = 0 model as training simulates it: every compressed layer a dense fp32 ``nn.Linear`` computing the
     same function (C(W), or the product of the factors). What "dense" means in the latency figures."""
     from vcon.blend import BlendedBranches
