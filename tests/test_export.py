@@ -73,6 +73,9 @@ def test_round_trip_of_each_format(tmp_path, spec, test_images):
     got, got_acc = accuracy(loaded, images, labels)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     assert got_acc == want_acc
+    few = images[:8]  # few token rows: sparse layers take their other path (the CSR matmul)
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded(pixel_values=few).logits, net(pixel_values=few).logits, rtol=1e-4, atol=1e-4)
     assert_no_dense_copy(tmp_path / "export")
     b = figures["bytes"]
     assert b["compressed_layers_minimum"] <= b["compressed_layers"] <= 1.10 * b["compressed_layers_minimum"]

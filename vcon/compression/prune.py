@@ -7,6 +7,7 @@ import re
 import warnings
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vcon.compression import bits
@@ -123,10 +124,16 @@ class Prune(WeightCompression):
 
 class SparseLinear(nn.Module):
     """A pruned layer at run time: CSR (row pointers, int32 column indices, the kept fp32 values: 8 bytes per kept
-    weight in memory, so below 50 % density it is smaller than dense), multiplied with ``torch.mm(csr, x^T)`` (MKL
-    sparse on CPU, cuSPARSE on CUDA). No dense copy of the weight exists."""
+    weight in memory, so below 50 % density it is smaller than dense). No dense copy of the weight is kept.
 
-    execution = "CSR sparse matmul (torch.mm with a sparse_csr weight)"
+    How it multiplies is chosen per call, by what was faster on a 2-core AVX-512 CPU with MKL
+    (bench/export_speed.py): the sparse CSR matmul wins only for few input rows (a batch of one image) and a low
+    density; otherwise the CSR is decoded into a temporary dense matrix for one dense matmul, close to dense speed.
+    """
+
+    execution = ("CSR sparse matmul (torch.mm, sparse_csr weight) up to 1024 token rows at <= 25 % density; "
+                 "otherwise CSR decoded per forward into a temporary dense matrix, dense matmul")
+    CSR_MAX_ROWS, CSR_MAX_DENSITY = 1024, 0.25
 
     def __init__(self, out_features: int, in_features: int, flat_index: torch.Tensor, values: torch.Tensor,
                  bias: torch.Tensor | None) -> None:
@@ -138,15 +145,20 @@ class SparseLinear(nn.Module):
         self.register_buffer("col", (flat_index % in_features).int())
         self.register_buffer("values", values)
         self.register_buffer("bias", bias)
+        self.sparse_matmul = len(values) <= self.CSR_MAX_DENSITY * out_features * in_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with warnings.catch_warnings():  # "sparse CSR support is in beta"
             warnings.simplefilter("ignore", UserWarning)
             weight = torch.sparse_csr_tensor(self.crow, self.col, self.values.to(x.dtype),
                                              (self.out_features, self.in_features))
-        y = torch.mm(weight, x.reshape(-1, self.in_features).t().contiguous()).t()
-        if self.bias is not None:
-            y = y + self.bias.to(x.dtype)
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        flat = x.reshape(-1, self.in_features)
+        if self.sparse_matmul and len(flat) <= self.CSR_MAX_ROWS:
+            y = torch.mm(weight, flat.t().contiguous()).t()
+            y = y if bias is None else y + bias
+        else:
+            y = F.linear(flat, weight.to_dense(), bias)
         return y.reshape(*x.shape[:-1], self.out_features)
 
 
