@@ -70,6 +70,13 @@ def table(summary: dict[str, Any], title: str) -> str:
          f"{summary['step']}" if dense else f"{summary['step']} ({summary['q_steps']})"),
         ("wall time", f"{int(minutes)} min {seconds:.0f} s"),
     ]
+    exported = summary.get("export")  # export=true (vcon/export.py): what is realised on disk and on this CPU
+    if exported:
+        b, t = exported["bytes"], exported["latency"].get("batch_1")
+        rows.append(("bytes on disk, dense → exported", f"{b['dense_model']:,} → {b['file']:,}"))
+        if t:
+            rows.append(("CPU latency at batch 1, dense → exported", f"{t['dense_ms']:.2f} → {t['exported_ms']:.2f} ms"
+                         + (" (slower than dense)" if t["exported_slower_than_dense"] else "")))
     width = max(len(r[0]) for r in rows)
     lines = [title, "", f"| {'':{width}} | value |", f"|{'-' * (width + 2)}|-------|"]
     lines += [f"| {k:{width}} | {v} |" for k, v in rows]

@@ -91,6 +91,12 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row["test_acc_mean"], row["test_acc_std"] = _mean_std(list(row["_acc"].values()))
             figures = done[0]["results"]["compression"]
             row.update({k: figures[k] for k in ("zero_fraction", "bits_per_weight", "params_before", "params_after")})
+            exported = done[0]["results"].get("export")  # present when the run was exported (vcon/export.py)
+            if exported:
+                row.update(bytes_on_disk=exported["bytes"]["file"], dense_bytes_on_disk=exported["bytes"]["dense_model"])
+                for batch, t in exported.get("latency", {}).items():
+                    if batch.startswith("batch_"):
+                        row[f"cpu_ms_{batch}_dense"], row[f"cpu_ms_{batch}_exported"] = t["dense_ms"], t["exported_ms"]
         rows.append(row)
     rows.sort(key=lambda r: (r["compression"] != "dense", r["model"], r["data"], r["compression"],
                              r["transition"] != "one-shot", r["transition"]))
@@ -107,7 +113,9 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 COLUMNS = ["model", "data", "compression", "transition", "runs", "done", "failed", "test_acc_mean", "test_acc_std",
-           "gain_mean", "gain_std", "zero_fraction", "bits_per_weight", "params_before", "params_after"]
+           "gain_mean", "gain_std", "zero_fraction", "bits_per_weight", "params_before", "params_after", "bytes_on_disk",
+           "dense_bytes_on_disk", "cpu_ms_batch_1_dense", "cpu_ms_batch_1_exported", "cpu_ms_batch_64_dense",
+           "cpu_ms_batch_64_exported"]
 
 
 def markdown(rows: list[dict[str, Any]], runs: list[dict[str, Any]]) -> str:
@@ -117,18 +125,24 @@ def markdown(rows: list[dict[str, Any]], runs: list[dict[str, Any]]) -> str:
         return f"{row[f'{key}_mean']:{'+' if signed else ''}.2f} ± {row[f'{key}_std']:.2f}"
 
     lines = ["| model | data | compression | transition | runs (done/failed) | test acc. β=0 (%) | gain over one-shot "
-             "(points) | zeros | bits/weight | params after / before |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "(points) | zeros | bits/weight | params after / before | bytes on disk, exported / dense |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         figures = (f"{100 * r['zero_fraction']:.1f} % | {r['bits_per_weight']:.2f} | "
                    f"{r['params_after']:,} / {r['params_before']:,}") if "zero_fraction" in r else "– | – | –"
         lines.append(f"| {r['model']} | {r['data']} | {r['compression']} | {r['transition']} | "
                      f"{r['runs']} ({r['done']}/{r['failed']}) | {pm(r, 'test_acc')} | {pm(r, 'gain', True)} | "
-                     f"{figures} |")
+                     f"{figures} | {_on_disk(r)} |")
     failures = [r for r in runs if r["status"] != "done"]
     if failures:
         lines += ["", "Not finished:", ""] + [f"* `{r['dir']}`: {r.get('error', 'unfinished')}" for r in failures]
     return "\n".join(lines)
+
+
+def _on_disk(row: dict[str, Any]) -> str:
+    if "bytes_on_disk" not in row:
+        return "– (not exported)"
+    return f"{row['bytes_on_disk']:,} / {row['dense_bytes_on_disk']:,}"
 
 
 def write(sweep_dir: Path) -> str:

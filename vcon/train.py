@@ -55,6 +55,8 @@ def check(cfg: Any) -> Compression:
     if cfg.save_pretrained and not compression.identity:
         raise ConfigError(f"save_pretrained=true is not allowed with compression={compression.name}: only dense runs "
                           "(compression=none) are saved in transformers format")
+    if cfg.get("export") and compression.identity:
+        raise ConfigError("export=true is not allowed with compression=none: nothing is compressed; use save_pretrained")
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device='cuda' is not allowed: no CUDA device is visible; use device=auto or device=cpu")
     return compression
@@ -396,4 +398,9 @@ def _run(cfg: Any, run_dir: Path, compression: Compression, device: torch.device
     if cfg.save_pretrained:
         net.save_pretrained(run_dir / "pretrained")
     results.write(summary, run_dir)
+    if cfg.get("export"):  # real compressed storage of the β = 0 model, its figures added to results.json
+        from vcon import export
+        summary["export"] = export.export_model(net, compression, list(chosen), run_dir / "export") | {
+            "folder": str(run_dir / "export")}
+        results.write(summary, run_dir)
     return summary

@@ -2,11 +2,11 @@
 import importlib
 import pkgutil
 
-from vcon.compression.base import (REGISTRY, Compression, Footprint, ModuleCompression, WeightCompression,
-                                   from_config, register)
+from vcon.compression.base import (REGISTRY, Compression, Footprint, ModuleCompression, Packed, WeightCompression,
+                                   from_config, register, to_config)
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["REGISTRY", "Compression", "Footprint", "ModuleCompression", "WeightCompression", "from_config",
-           "register"]
+__all__ = ["REGISTRY", "Compression", "Footprint", "ModuleCompression", "Packed", "WeightCompression", "from_config",
+           "register", "to_config"]

@@ -8,7 +8,9 @@ A compression turns an original block f (an ``nn.Linear``) into its compressed f
 * ``ModuleCompression``: g has another structure (low rank). VCON runs both branches and blends the outputs.
 
 Each compression also says what it costs to store (``Footprint``), so the figures in ``results.json`` come from the
-compression that produced them rather than from a table kept elsewhere.
+compression that produced them rather than from a table kept elsewhere, and how its β = 0 layer is really stored
+(``pack``: the fewest tensors that rebuild it exactly) and run again (``unpack``: a small runtime module that keeps
+no dense copy of the weight). ``vcon/export.py`` writes and loads those.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from vcon.errors import ConfigError
+from vcon.errors import ConfigError, ExportError
 
 REGISTRY: dict[str, type["Compression"]] = {}
 
@@ -46,6 +48,22 @@ class Footprint:
         return self.values * self.value_bits + self.overhead_bits
 
 
+@dataclasses.dataclass
+class Packed:
+    """One layer in its real storage: ``tensors`` (what goes into model.safetensors), ``meta`` (JSON: shapes and
+    codes the runtime needs), ``minimum_bits`` (the information-theoretic minimum of the same content, for the
+    figures) and ``weights`` (how many weight values are stored: parameters, and multiply-adds per token)."""
+
+    tensors: dict[str, torch.Tensor]
+    meta: dict[str, Any]
+    minimum_bits: float
+    weights: int
+
+    def __or__(self, other: "Packed") -> "Packed":
+        return Packed(self.tensors | other.tensors, self.meta | other.meta, self.minimum_bits + other.minimum_bits,
+                      max(self.weights, other.weights))
+
+
 class Compression:
     """Base of all compressions. Subclasses are small dataclasses built from the ``compression`` config group."""
 
@@ -60,13 +78,68 @@ class Compression:
         """How this compression changes the storage of a matrix of ``weight_shape`` (see ``Footprint``)."""
         return fp
 
+    def pack(self, module: nn.Module) -> Packed:
+        """The β = 0 form of a blended ``module`` in its real storage (lossless w.r.t. what the β = 0 model computes)."""
+        raise ExportError(f"compression={self.name} cannot be exported yet: it has no packed form")
+
+    def unpack(self, packed: Packed) -> nn.Module:
+        """The runtime module rebuilt from ``pack``'s output, without a dense copy of the compressed weight."""
+        raise ExportError(f"compression={self.name} cannot be loaded: it has no packed form")
+
 
 class WeightCompression(Compression):
-    """g is f with the weight replaced by ``compress(W)``."""
+    """g is f with the weight replaced by ``compress(W)``.
+
+    Export composes three hooks, so that a chain (prune, then binarise) stores the survivors' positions once (from
+    its pruning stage) and their values at its last stage's width: ``stored`` (which entries, None: all),
+    ``pack_positions`` (how their positions are coded) and ``pack_values`` (how the stored values are coded).
+    """
 
     def compress(self, weight: torch.Tensor) -> torch.Tensor:
         """``C(W)``: the compressed weight, same shape and dtype. Called without autograd (gradients are STE)."""
         raise NotImplementedError
+
+    def stored(self, weight: torch.Tensor) -> torch.Tensor | None:
+        """Boolean mask of the entries of ``C(W)`` worth storing; None: all of them (a dense layout)."""
+        return None
+
+    def pack_positions(self, mask: torch.Tensor) -> Packed:
+        raise ExportError(f"compression={self.name} stores no positions")
+
+    def sparse_module(self, packed: Packed, values: torch.Tensor) -> nn.Module:
+        """The runtime of a layer stored as positions + ``values`` (the pruning stage's)."""
+        raise ExportError(f"compression={self.name} has no sparse runtime")
+
+    def pack_values(self, values: torch.Tensor) -> Packed:
+        """The stored values, a 1-D tensor: as they are (fp32) unless a stage codes them in fewer bits."""
+        return Packed({"values": values.float().contiguous()}, {"values": "fp32"}, 32 * values.numel(), values.numel())
+
+    def unpack_values(self, packed: Packed, count: int) -> torch.Tensor:
+        return packed.tensors["values"]
+
+    def dense_module(self, packed: Packed) -> nn.Module:
+        """The runtime of a layer that stores every entry (no positions), e.g. binary weights."""
+        raise ExportError(f"compression={self.name} has no dense-layout runtime")
+
+    @torch.no_grad()
+    def pack(self, module: nn.Module) -> Packed:
+        weight = module.weight.detach().float()
+        compressed = self.compress(weight)
+        mask = self.stored(weight)
+        if mask is None:
+            packed = self.pack_values(compressed.reshape(-1))
+        else:
+            packed = self.pack_positions(mask) | self.pack_values(compressed[mask])  # row-major order
+        packed.meta["shape"] = list(weight.shape)
+        if module.bias is not None:  # stored as it was
+            packed.tensors["bias"] = module.bias.detach().float().contiguous()
+            packed.minimum_bits += 32 * module.bias.numel()
+        return packed
+
+    def unpack(self, packed: Packed) -> nn.Module:
+        if "positions" in packed.meta:
+            return self.sparse_module(packed, self.unpack_values(packed, packed.meta["kept"]))
+        return self.dense_module(packed)
 
 
 class ModuleCompression(Compression):
@@ -74,6 +147,19 @@ class ModuleCompression(Compression):
 
     def build(self, linear: nn.Linear) -> nn.Module:
         raise NotImplementedError
+
+
+def to_config(compression: Compression) -> dict[str, Any]:
+    """The plain (JSON) config that ``from_config`` turns back into ``compression``."""
+    def plain(value: Any) -> Any:
+        if isinstance(value, (str, int, float, bool)) or value is None:
+            return value
+        if hasattr(value, "items"):  # dict or OmegaConf DictConfig
+            return {str(k): plain(v) for k, v in value.items()}
+        return [plain(v) for v in value]
+
+    return {"name": compression.name} | {f.name: plain(getattr(compression, f.name))
+                                         for f in dataclasses.fields(compression)}
 
 
 def from_config(cfg: Any) -> Compression:

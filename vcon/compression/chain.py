@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vcon.compression.base import Footprint, WeightCompression, from_config, register
+from vcon.compression.base import Footprint, Packed, WeightCompression, from_config, register
 from vcon.errors import ConfigError
 
 
@@ -38,3 +38,31 @@ class Chain(WeightCompression):
         for stage in self.stages:
             fp = stage.footprint(fp, weight_shape)
         return fp
+
+    # Export: the positions the pruning stage leaves (the first stage that stores a subset), the values coded by the
+    # last stage (e.g. the survivors' sign bits and scale).
+    def stored(self, weight: torch.Tensor) -> torch.Tensor | None:
+        for stage in self.stages:
+            mask = stage.stored(weight)
+            if mask is not None:
+                return mask
+            weight = stage.compress(weight)
+        return None
+
+    def _positions_stage(self) -> WeightCompression:
+        return next(s for s in self.stages if type(s).stored is not WeightCompression.stored)
+
+    def pack_positions(self, mask: torch.Tensor) -> Packed:
+        return self._positions_stage().pack_positions(mask)
+
+    def sparse_module(self, packed: Packed, values: torch.Tensor) -> nn.Module:
+        return self._positions_stage().sparse_module(packed, values)
+
+    def pack_values(self, values: torch.Tensor) -> Packed:
+        return self.stages[-1].pack_values(values)
+
+    def unpack_values(self, packed: Packed, count: int) -> torch.Tensor:
+        return self.stages[-1].unpack_values(packed, count)
+
+    def dense_module(self, packed: Packed) -> nn.Module:
+        return self.stages[-1].dense_module(packed)

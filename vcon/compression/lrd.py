@@ -6,12 +6,14 @@ import dataclasses
 import torch
 from torch import nn
 
-from vcon.compression.base import Footprint, ModuleCompression, register
+from vcon.compression.base import Footprint, ModuleCompression, Packed, register
 from vcon.errors import require
 
 
 class LowRankLinear(nn.Module):
-    """``x ↦ B(A x) + b`` with ``A`` (rank × in) and ``B`` (out × rank)."""
+    """``x ↦ B(A x) + b`` with ``A`` (rank × in) and ``B`` (out × rank). Also the exported runtime."""
+
+    execution = "two dense matmuls (the factors)"
 
     def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True) -> None:
         super().__init__()
@@ -60,3 +62,18 @@ class LowRank(ModuleCompression):
         out_features, in_features = weight_shape
         return Footprint(self.rank_for(out_features, in_features) * (out_features + in_features), fp.value_bits,
                          fp.overhead_bits)
+
+    # Export: the two factors and the bias, nothing else.
+    def pack(self, module: nn.Module) -> Packed:
+        tensors = {k: v.detach().float().contiguous() for k, v in module.compressed.state_dict().items()}
+        numel = sum(v.numel() for v in tensors.values())
+        down = tensors["down.weight"]
+        return Packed(tensors, {"shape": [tensors["up.weight"].shape[0], down.shape[1]], "rank": down.shape[0]},
+                      32 * numel, numel - (module.compressed.up.out_features if "up.bias" in tensors else 0))
+
+    def unpack(self, packed: Packed) -> nn.Module:
+        (out_features, in_features), rank = packed.meta["shape"], packed.meta["rank"]
+        with torch.device("meta"):  # no allocation: the factors are assigned below
+            g = LowRankLinear(in_features, out_features, rank, bias="up.bias" in packed.tensors)
+        g.load_state_dict(packed.tensors, assign=True)
+        return g

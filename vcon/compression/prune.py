@@ -4,11 +4,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import warnings
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from vcon.compression.base import Footprint, WeightCompression, register
+from vcon.compression import bits
+from vcon.compression.base import Footprint, Packed, WeightCompression, register
 from vcon.errors import ConfigError, require
 
 _NM = re.compile(r"^(\d+):(\d+)$")
@@ -84,6 +87,79 @@ class Prune(WeightCompression):
             kept = rows * per_row if self.granularity == "row" else fp.values - round(self.ratio * fp.values)
             index_bits = min(fp.values, kept * math.ceil(math.log2(fp.values)))  # bitmask or indices
         return Footprint(kept, fp.value_bits, fp.overhead_bits + index_bits)
+
+
+    # Export: the kept values and their positions (bits.pack_positions), or, for N:M, each kept value's index inside
+    # its group at ceil(log2 M) bits: the values + metadata layout that semi-structured sparse kernels take.
+    def stored(self, weight: torch.Tensor) -> torch.Tensor:
+        return self.keep_mask(weight)
+
+    def pack_positions(self, mask: torch.Tensor) -> Packed:
+        rows, cols = mask.shape
+        kept = int(mask.sum())
+        if self.group is not None:
+            n, m = self.group
+            index = mask.reshape(-1, m).nonzero()[:, 1]  # row-major: group by group, ascending inside each
+            groups = mask.numel() // m
+            return Packed({"group_index": bits.pack_ints(index, math.ceil(math.log2(m)))},
+                          {"positions": f"{n}:{m}", "kept": kept}, groups * bits.log2_binomial(m, n), kept)
+        tensors, meta = bits.pack_positions(mask)
+        if self.granularity == "row":  # each row keeps the same count: the minimum knows it
+            minimum = rows * bits.log2_binomial(cols, kept // rows)
+        else:
+            minimum = bits.log2_binomial(mask.numel(), kept)
+        return Packed(tensors, meta, minimum, kept)
+
+    def sparse_module(self, packed: Packed, values: torch.Tensor) -> nn.Module:
+        rows, cols = packed.meta["shape"]
+        kept = packed.meta["kept"]
+        if self.group is not None:
+            n, m = self.group
+            index = bits.unpack_ints(packed.tensors["group_index"], kept, math.ceil(math.log2(m)))
+            flat = torch.arange(kept // n).repeat_interleave(n) * m + index
+        else:
+            flat = bits.unpack_positions(packed.tensors, packed.meta, rows * cols)
+        return SparseLinear(rows, cols, flat, values, packed.tensors.get("bias"))
+
+
+class SparseLinear(nn.Module):
+    """A pruned layer at run time: CSR (row pointers, int32 column indices, the kept fp32 values: 8 bytes per kept
+    weight in memory, so below 50 % density it is smaller than dense). No dense copy of the weight is kept.
+
+    How it multiplies is chosen per call, by what was faster on a 2-core AVX-512 CPU with MKL
+    (bench/export_speed.py): the sparse CSR matmul wins only for few input rows (a batch of one image) and a low
+    density; otherwise the CSR is decoded into a temporary dense matrix for one dense matmul, close to dense speed.
+    """
+
+    execution = ("CSR sparse matmul (torch.mm, sparse_csr weight) up to 1024 token rows at <= 25 % density; "
+                 "otherwise CSR decoded per forward into a temporary dense matrix, dense matmul")
+    CSR_MAX_ROWS, CSR_MAX_DENSITY = 1024, 0.25
+
+    def __init__(self, out_features: int, in_features: int, flat_index: torch.Tensor, values: torch.Tensor,
+                 bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        rows = flat_index // in_features
+        counts = torch.bincount(rows, minlength=out_features)
+        self.register_buffer("crow", torch.cat([counts.new_zeros(1), counts.cumsum(0)]).int())
+        self.register_buffer("col", (flat_index % in_features).int())
+        self.register_buffer("values", values)
+        self.register_buffer("bias", bias)
+        self.sparse_matmul = len(values) <= self.CSR_MAX_DENSITY * out_features * in_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with warnings.catch_warnings():  # "sparse CSR support is in beta"
+            warnings.simplefilter("ignore", UserWarning)
+            weight = torch.sparse_csr_tensor(self.crow, self.col, self.values.to(x.dtype),
+                                             (self.out_features, self.in_features))
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        flat = x.reshape(-1, self.in_features)
+        if self.sparse_matmul and len(flat) <= self.CSR_MAX_ROWS:
+            y = torch.mm(weight, flat.t().contiguous()).t()
+            y = y if bias is None else y + bias
+        else:
+            y = F.linear(flat, weight.to_dense(), bias)
+        return y.reshape(*x.shape[:-1], self.out_features)
 
 
 def _top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:

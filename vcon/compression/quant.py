@@ -4,9 +4,12 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-from vcon.compression.base import Footprint, WeightCompression, register
-from vcon.errors import require
+from vcon.compression import bits
+from vcon.compression.base import Footprint, Packed, WeightCompression, register
+from vcon.errors import ExportError, require
 
 
 @register
@@ -35,3 +38,54 @@ class Quant(WeightCompression):
 
     def footprint(self, fp: Footprint, weight_shape: torch.Size) -> Footprint:
         return Footprint(fp.values, self.bits, fp.overhead_bits + 32)  # one fp32 scale per tensor
+
+    # Export: integer codes at ``bits`` each (binary: the sign bit) plus the one fp32 scale, recovered from C(W)
+    # itself (the largest stored magnitude is the scale times the top level), so the chain's survivors pack alike.
+    def _levels(self) -> int:
+        return max(1, 2 ** (self.bits - 1) - 1)
+
+    def pack_values(self, values: torch.Tensor) -> Packed:
+        scale = values.abs().max().clamp(min=torch.finfo(values.dtype).tiny) / self._levels()
+        codes = torch.round(values / scale)
+        if self.bits == 1:
+            if bool((values == 0).any()):
+                raise ExportError("a binary layer holds weights that are exactly 0: they have no 1-bit code")
+            codes = (codes > 0).long()  # sign bit: 1 is +scale, 0 is -scale
+        else:
+            codes = codes.long() + self._levels()  # 0 .. 2^bits - 2
+        return Packed({"codes": bits.pack_ints(codes, self.bits), "scale": scale.reshape(1).float()},
+                      {"values": f"int{self.bits}", "count": values.numel()}, self.bits * values.numel() + 32,
+                      values.numel())
+
+    def unpack_values(self, packed: Packed, count: int) -> torch.Tensor:
+        return _decode(packed.tensors["codes"], count, self.bits, packed.tensors["scale"])
+
+    def dense_module(self, packed: Packed) -> nn.Module:
+        return QuantLinear(*packed.meta["shape"], self.bits, packed.tensors["codes"], packed.tensors["scale"],
+                           packed.tensors.get("bias"))
+
+
+def _decode(codes: torch.Tensor, count: int, width: int, scale: torch.Tensor) -> torch.Tensor:
+    levels = bits.unpack_ints(codes, count, width)
+    levels = 2 * levels - 1 if width == 1 else levels - (2 ** (width - 1) - 1)
+    return levels.float() * scale
+
+
+class QuantLinear(nn.Module):
+    """A quantized layer at run time: the codes stay packed (1 bit per binary weight); each forward decodes them
+    into a temporary fp32 matrix and runs one dense matmul. No dense copy is kept between calls."""
+
+    execution = "packed codes decoded per forward into a temporary fp32 matrix, dense matmul"
+
+    def __init__(self, out_features: int, in_features: int, width: int, codes: torch.Tensor, scale: torch.Tensor,
+                 bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.out_features, self.in_features, self.width = out_features, in_features, width
+        self.register_buffer("codes", codes)
+        self.register_buffer("scale", scale)
+        self.register_buffer("bias", bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = _decode(self.codes, self.out_features * self.in_features, self.width, self.scale)
+        return F.linear(x, weight.view(self.out_features, self.in_features).to(x.dtype),
+                        None if self.bias is None else self.bias.to(x.dtype))

@@ -1,0 +1,316 @@
+"""Real compressed storage of a β = 0 model, its loader, and what it measures (``vcon-export <run dir>``).
+
+Masks and fake quantization only simulate compression: the training model still holds dense fp32 matrices. An
+export keeps what the β = 0 model needs and nothing else, each compression packing its own layers
+(``Compression.pack``): pruned layers as kept values + positions, binary layers as 1 bit per weight + a scale, low
+rank as the two factors, the rest of the model as it was. The folder is transformers-style:
+
+    config.json         the model's config, plus ``vcon_export``: the compression and, per layer, its format
+    model.safetensors   packed tensors (uint8 bit fields, fp32 values and scales) and the untouched ones
+    export.json         the figures: bytes against dense and against the minimum, parameters, multiply-adds,
+                        CPU latency dense against exported
+
+``load(folder)`` rebuilds a runnable model from torch, transformers, safetensors and ``vcon.compression`` alone (no
+training code, no Hydra): the skeleton is built on the meta device, so no dense weight of a compressed layer is ever
+allocated. Everything that can be checked is checked before anything is written, and the folder appears whole
+(written beside the target, then renamed) or not at all.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vcon.compression import Compression, Packed, from_config, to_config
+from vcon.errors import ExportError
+
+CONFIG, WEIGHTS, FIGURES = "config.json", "model.safetensors", "export.json"
+KEY = "vcon_export"
+BATCHES = (1, 64)
+
+
+def load(folder: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """The exported model, ready for inference (``model(pixel_values=x).logits``)."""
+    import transformers
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    try:
+        raw = json.loads((folder / CONFIG).read_text())
+        spec = raw.pop(KEY)
+    except (OSError, ValueError, KeyError) as e:
+        raise ExportError(f"{folder} is not a vcon export (no readable {CONFIG} with a {KEY!r} entry: {e})") from e
+    config = transformers.CONFIG_MAPPING[raw["model_type"]].from_dict(raw)
+    with torch.device("meta"):  # a skeleton: the dense matrices of the compressed layers are never allocated
+        model = getattr(transformers, config.architectures[0])(config)
+    tensors = load_file(folder / WEIGHTS)
+    compression = from_config(spec["compression"])
+    for name, meta in spec["layers"].items():
+        own = {key[len(name) + 1:]: tensors.pop(key) for key in list(tensors) if key.startswith(name + ".")}
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent), attr, compression.unpack(Packed(own, meta, 0, 0)))
+    _, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
+    empty = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if unexpected or empty:
+        raise ExportError(f"{folder}/{WEIGHTS} does not match its {CONFIG}: unexpected {unexpected[:5]}, "
+                          f"missing {empty[:5]}")
+    return model.eval().to(device)
+
+
+def export_model(net: nn.Module, compression: Compression, names: list[str], out: str | Path,
+                 timing_s: float = 1.0) -> dict[str, Any]:
+    """Export a blended model at β = 0 (``names``: its compressed modules) into the new folder ``out``; returns the
+    figures (also in ``out/export.json``). ``timing_s``: seconds per latency measurement (0: no timing)."""
+    from safetensors.torch import save_file
+
+    from vcon.blend import BlendedBranches, BlendedLinear
+
+    out = Path(out)
+    check_target(out)
+    if compression.identity:
+        raise ExportError("compression=none has nothing compressed to export; a dense run is saved in "
+                          "transformers format with save_pretrained=true")
+    betas = {m.beta.value for m in net.modules() if isinstance(m, (BlendedLinear, BlendedBranches))}
+    if betas != {0.0}:
+        raise ExportError(f"the model is at β = {sorted(betas)}, not 0: only the fully compressed model is exported")
+    net = copy.deepcopy(net).cpu().eval()
+    packs = {name: compression.pack(net.get_submodule(name)) for name in names}
+    tensors = {k: v for k, v in net.state_dict().items() if not any(k.startswith(n + ".") for n in names)}
+    tensors |= {f"{name}.{k}": v for name, p in packs.items() for k, v in p.tensors.items()}
+    config = net.config.to_dict() | {"architectures": [type(net).__name__], KEY: {"version": 1, "compression": to_config(compression),
+                                           "layers": {name: p.meta for name, p in packs.items()}}}
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2, default=str))
+        save_file({k: v.detach().contiguous().clone() for k, v in tensors.items()}, tmp / WEIGHTS,
+                  metadata={"format": "pt"})
+        loaded = load(tmp)
+        figures = _figures(net, compression, packs, loaded, tmp, dense_twin(net, compression, names), timing_s)
+        (tmp / FIGURES).write_text(json.dumps(figures, indent=2))
+        if out.exists():
+            out.rmdir()  # checked empty above
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return figures
+
+
+def check_target(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ExportError(f"export target {out} is not empty; allowed: a new or empty folder (--out DIR)")
+
+
+def export_run(run_dir: str | Path, out: str | Path | None = None, timing_s: float = 1.0) -> dict[str, Any]:
+    """Export a run folder's final β = 0 model into ``out`` (default ``<run dir>/export``); the figures also go into
+    the run's ``results.json`` under ``export``."""
+    run_dir = Path(run_dir)
+    out = Path(out) if out is not None else run_dir / "export"
+    check_target(out)
+    config_file = run_dir / ".hydra" / "config.yaml"
+    if not config_file.is_file():
+        raise ExportError(f"{run_dir} is not a run folder: it has no .hydra/config.yaml")
+    from omegaconf import OmegaConf
+
+    from vcon import checkpoint, identity, model, results, targets
+    from vcon.blend import blend_, drop_originals
+
+    cfg = OmegaConf.load(config_file)
+    compression = from_config(cfg.compression)
+    if compression.identity:
+        raise ExportError("compression=none has nothing compressed to export; a dense run is saved in "
+                          "transformers format with save_pretrained=true")
+    path = run_dir / checkpoint.FILENAME
+    if not path.is_file():
+        raise ExportError(f"{run_dir} has no {checkpoint.FILENAME}: the run has not reached β = 0")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated, overwritten, not a torch file: all the same to the user
+        raise ExportError(f"{path} is corrupted or unreadable ({type(e).__name__}: {str(e)[:200]})") from e
+    if not isinstance(state, dict) or not {"identity", "model", "beta", "finished"} <= set(state):
+        raise ExportError(f"{path} is not a vcon checkpoint (expected the keys identity, model, beta, finished)")
+    if state["identity"] != identity.identity(cfg):
+        raise ExportError(f"{path} is a checkpoint of another run than {config_file} describes (foreign checkpoint)")
+    if state["beta"] != 0:
+        raise ExportError(f"the run in {run_dir} is at β = {state['beta']:.4f}, not 0: only the fully compressed "
+                          "model can be exported; finish the run first (the same command resumes it)")
+    head = [v for v in state["model"].values() if v.dim() == 2][-1]  # the classifier: its rows are the classes
+    net = model.build(cfg.model, head.shape[0])
+    names = list(targets.select(net, cfg.target))
+    beta = blend_(net, compression, names)
+    beta.value = 0.0
+    drop_originals(net)
+    try:
+        net.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise ExportError(f"{path} does not fit the model {run_dir}/.hydra/config.yaml builds (foreign "
+                          f"checkpoint): {str(e)[:300]}") from e
+    figures = export_model(net, compression, names, out, timing_s)
+    if (run_dir / "results.json").exists():
+        summary = json.loads((run_dir / "results.json").read_text())
+        results.write(summary | {"export": figures | {"folder": str(out)}}, run_dir)
+    return figures
+
+
+def dense_twin(net: nn.Module, compression: Compression, names: list[str]) -> nn.Module:
+    """The β = 0 model as training simulates it: every compressed layer a dense fp32 ``nn.Linear`` computing the
+    same function (C(W), or the product of the factors). What "dense" means in the latency figures."""
+    from vcon.blend import BlendedBranches
+
+    twin = copy.deepcopy(net)
+    with torch.no_grad():
+        for name in names:
+            module = twin.get_submodule(name)
+            if isinstance(module, BlendedBranches):
+                weight, bias = module.compressed.up.weight @ module.compressed.down.weight, module.compressed.up.bias
+            else:
+                weight, bias = compression.compress(module.weight), module.bias
+            linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+            linear.weight.copy_(weight)
+            if bias is not None:
+                linear.bias.copy_(bias)
+            parent, _, attr = name.rpartition(".")
+            setattr(twin.get_submodule(parent), attr, linear)
+    return twin.eval()
+
+
+def latency(nets: list[nn.Module], x: torch.Tensor, budget_s: float, min_reps: int = 3) -> list[float]:
+    """Median seconds of one forward pass of each net: warm-up, then rounds that run each net once in turn (so that
+    a busy machine slows them alike) until ``budget_s`` per net is spent (at least ``min_reps`` rounds)."""
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+    times: list[list[float]] = [[] for _ in nets]
+    with torch.inference_mode():
+        for net in nets:
+            net(pixel_values=x)
+        sync()
+        while len(times[0]) < min_reps or (sum(times[0]) < budget_s and len(times[0]) < 200):
+            for net, spent in zip(nets, times):
+                start = time.perf_counter()
+                net(pixel_values=x)
+                sync()
+                spent.append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
+
+
+def _tokens(loaded: nn.Module, names: list[str], x: torch.Tensor) -> dict[str, int]:
+    """Tokens per image that each compressed layer sees (its input rows per image), by a forward hook."""
+    seen: dict[str, int] = {}
+    hooks = [loaded.get_submodule(n).register_forward_pre_hook(
+        lambda m, args, n=n: seen.__setitem__(n, args[0].numel() // args[0].shape[-1] // len(x))) for n in names]
+    with torch.inference_mode():
+        loaded(pixel_values=x)
+    for hook in hooks:
+        hook.remove()
+    return seen
+
+
+def _figures(net: nn.Module, compression: Compression, packs: dict[str, Packed], loaded: nn.Module, folder: Path,
+             dense: nn.Module, timing_s: float) -> dict[str, Any]:
+    config = loaded.config
+    one = torch.randn(1, config.num_channels, config.image_size, config.image_size)
+    tokens = _tokens(loaded, list(packs), one)
+    layer_bytes = sum(t.numel() * t.element_size() for p in packs.values() for t in p.tensors.values())
+    dense_layer_params = {n: math.prod(p.meta["shape"]) for n, p in packs.items()}
+    biases = sum(p.tensors["bias"].numel() if "bias" in p.tensors else
+                 p.tensors.get("up.bias", torch.empty(0)).numel() for p in packs.values())
+    minimum = math.ceil(sum(p.minimum_bits for p in packs.values()) / 8)
+    runtimes = {}
+    for name in packs:
+        module = loaded.get_submodule(name)
+        entry = runtimes.setdefault(type(module).__name__, {"layers": 0, "execution": module.execution})
+        entry["layers"] += 1
+    storage: dict[str, int] = {}
+    for p in packs.values():
+        kind = "+".join(str(p.meta[k]) for k in ("positions", "values") if k in p.meta) or "low-rank factors"
+        storage[kind] = storage.get(kind, 0) + 1
+    with torch.inference_mode():
+        diff = float((loaded(pixel_values=one).logits - net(pixel_values=one).logits).abs().max())
+    figures: dict[str, Any] = {
+        "compression": to_config(compression),
+        "layers": len(packs),
+        "storage": storage,  # per layer: how positions and values are coded
+        "runtime": runtimes,  # per runtime module: how it computes
+        "bytes": {
+            "file": (folder / WEIGHTS).stat().st_size,
+            "dense_model": 4 * sum(p.numel() for p in dense.parameters()),
+            "compressed_layers": layer_bytes,
+            "compressed_layers_dense": 4 * (sum(dense_layer_params.values()) + biases),
+            "compressed_layers_minimum": minimum,
+            "ratio_to_minimum": layer_bytes / max(minimum, 1),
+        },
+        "params": {"before": sum(dense_layer_params.values()), "after": sum(p.weights for p in packs.values())},
+        "mult_adds_per_image": {"before": sum(tokens[n] * dense_layer_params[n] for n in packs),
+                                "after": sum(tokens[n] * p.weights for n, p in packs.items())},
+        "max_abs_logit_difference": diff,  # exported against the β = 0 model, one random input
+        "latency": {},
+    }
+    if timing_s > 0:
+        figures["latency"] = {"device": "cpu", "threads": torch.get_num_threads(), "processor": _processor()}
+        for batch in BATCHES:
+            x = torch.randn(batch, *one.shape[1:])
+            d, e = latency([dense, loaded], x, timing_s)
+            figures["latency"][f"batch_{batch}"] = {
+                "dense_ms": 1e3 * d, "exported_ms": 1e3 * e, "dense_images_per_s": batch / d,
+                "exported_images_per_s": batch / e, "exported_slower_than_dense": e > d}
+    return figures
+
+
+def _processor() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def table(figures: dict[str, Any], title: str) -> str:
+    """The figures of one export as a Markdown table: dense against exported."""
+    b, p, m = figures["bytes"], figures["params"], figures["mult_adds_per_image"]
+    rows = [
+        ("bytes on disk, whole model", f"{b['dense_model']:,}", f"{b['file']:,}"),
+        ("bytes, compressed layers (minimum; ratio)", f"{b['compressed_layers_dense']:,}",
+         f"{b['compressed_layers']:,} ({b['compressed_layers_minimum']:,}; {b['ratio_to_minimum']:.3f})"),
+        ("parameters, compressed layers", f"{p['before']:,}", f"{p['after']:,}"),
+        ("multiply-adds per image, compressed layers", f"{m['before']:,}", f"{m['after']:,}"),
+    ]
+    for batch in BATCHES:
+        t = figures["latency"].get(f"batch_{batch}")
+        if t:
+            slower = " (slower than dense)" if t["exported_slower_than_dense"] else ""
+            rows.append((f"CPU latency, batch {batch} (ms)", f"{t['dense_ms']:.2f}", f"{t['exported_ms']:.2f}{slower}"))
+            rows.append((f"throughput, batch {batch} (images/s)", f"{t['dense_images_per_s']:.0f}",
+                         f"{t['exported_images_per_s']:.0f}"))
+    rows.append(("execution", "dense fp32 matmul", "; ".join(f"{k}: {v['execution']}"
+                                                              for k, v in figures["runtime"].items())))
+    lines = [title, "", "| | dense | exported |", "|---|---|---|"] + [f"| {a} | {b_} | {c} |" for a, b_, c in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vcon-export", description="Export a finished run's β = 0 model into "
+                                     "real compressed storage, and measure it.")
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--out", type=Path, default=None, help="a new or empty folder (default: <run dir>/export)")
+    parser.add_argument("--timing-s", type=float, default=1.0, help="seconds per latency measurement (0: none)")
+    args = parser.parse_args(argv)
+    try:
+        figures = export_run(args.run_dir, args.out, args.timing_s)
+    except ExportError as e:
+        print(f"vcon-export: error: {e}", file=sys.stderr)
+        return 2
+    print(table(figures, f"Export of {args.run_dir} -> {args.out or args.run_dir / 'export'}"))
+    return 0
