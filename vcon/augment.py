@@ -31,7 +31,7 @@ class Pipeline:
             require(isinstance(ra.n, int) and ra.n >= 1, "train.augment.randaugment.n", ra.n, "an integer >= 1")
             require(isinstance(ra.m, int) and 0 <= ra.m <= 30, "train.augment.randaugment.m", ra.m,
                     "an integer magnitude in [0, 30] (torchvision's 31 bins)")
-            self.randaugment = RandAugment(num_ops=ra.n, magnitude=ra.m)
+            self.randaugment = RandAugment(num_ops=ra.n, magnitude=ra.m).to(device)
 
     def _to_model_input(self, images: torch.Tensor, augment: bool) -> torch.Tensor:
         x = images.to(self.device, non_blocking=True).float().div_(255)
