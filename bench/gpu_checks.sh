@@ -60,5 +60,5 @@ fi
 
 if [[ $what == *" export "* ]]; then
   python3 bench/export_speed.py --device cuda 2>&1 | tee "$out/export_speed.log"
-  cp bench/results/export_speed-*.json "$out/" 2>/dev/null || true
+  cp bench/results/export_speed_*.json "$out/" 2>/dev/null || true
 fi
