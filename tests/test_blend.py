@@ -48,6 +48,27 @@ def test_latent_weight_gets_the_gradient_taken_at_the_effective_weight(settings)
         assert (f.weight.grad[pruned] != 0).all()
 
 
+@pytest.mark.parametrize("beta_value", [0.8, 0.3])
+def test_low_rank_weight_blend_equals_output_blend_with_the_same_gradients(beta_value):
+    """During the transition a low-rank layer blends W with B·A (one matmul); outputs and the gradients of W, b, A,
+    B and the bias of g must be those of blending the two branches' outputs."""
+    torch.manual_seed(0)
+    f = nn.Linear(16, 12)
+    g = from_config({"name": "lrd", "rank": 4}).build(f)
+    with torch.no_grad():  # g a little away from the SVD, as after some training
+        g.up.bias.add_(0.1)
+        g.down.weight.mul_(1.1)
+    blended = BlendedBranches(f, g, Beta(beta_value))
+    x = torch.randn(5, 16)
+    out = blended(x)
+    grads = torch.autograd.grad(out.square().sum(), [f.weight, f.bias, g.down.weight, g.up.weight, g.up.bias])
+    expected = beta_value * f(x) + (1 - beta_value) * g(x)
+    expected_grads = torch.autograd.grad(expected.square().sum(),
+                                         [f.weight, f.bias, g.down.weight, g.up.weight, g.up.bias])
+    assert torch.allclose(out, expected, atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(grads, expected_grads))
+
+
 def test_low_rank_blends_outputs_and_drops_the_original_at_zero():
     net = two_layer_net()
     x = torch.randn(4, 16)

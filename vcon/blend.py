@@ -91,7 +91,11 @@ class BlendedLinear(nn.Module):
 
 class BlendedBranches(nn.Module):
     """A module whose compressed form has another structure: both branches run and their outputs are blended.
-    Once β reaches 0, ``drop_original`` removes f, so it is neither computed nor trained nor kept."""
+    Once β reaches 0, ``drop_original`` removes f, so it is neither computed nor trained nor kept.
+
+    When both branches are linear maps (an ``nn.Linear`` and a compressed module with ``dense_weight()`` and
+    ``bias``, like the low-rank factors), blending their weights is the same as blending their outputs, and costs one
+    full-size matmul instead of the original's plus the factors' two: VCON then costs what the dense layer does."""
 
     def __init__(self, original: nn.Module, compressed: nn.Module, beta: Beta) -> None:
         super().__init__()
@@ -105,8 +109,13 @@ class BlendedBranches(nn.Module):
             return self.compressed(x)
         if self.beta.phase == "original":
             return self.original(x)
-        compressed, original = self.compressed(x), self.original(x)  # bf16 under autocast, whatever x is
-        return torch.lerp(compressed, original, self.beta.tensor.to(compressed.dtype))
+        f, g, beta = self.original, self.compressed, self.beta.tensor
+        if isinstance(f, nn.Linear) and hasattr(g, "dense_weight"):
+            weight = torch.lerp(g.dense_weight().to(f.weight.dtype), f.weight, beta)  # fp32 even under autocast
+            bias = None if f.bias is None else torch.lerp(g.bias.to(f.bias.dtype), f.bias, beta)
+            return F.linear(x, weight, bias)
+        compressed, original = g(x), f(x)  # bf16 under autocast, whatever x is
+        return torch.lerp(compressed, original, beta.to(compressed.dtype))
 
     def branches(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         return None if self.original is None else (self.original(x), self.compressed(x))

@@ -23,6 +23,14 @@ class LowRankLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.up(self.down(x))
 
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.up.bias
+
+    def dense_weight(self) -> torch.Tensor:
+        """``B·A`` as one (out × in) matrix: VCON blends it with the original weight during the transition."""
+        return self.up.weight @ self.down.weight
+
 
 @register
 @dataclasses.dataclass
