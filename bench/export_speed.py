@@ -80,10 +80,14 @@ def gpu_rows(net, compression, names, folder, label, budget):
                 sparse = semi_structured(export.dense_twin(net, compression, names).cuda(), names)
                 hd, hs = export.latency([half, sparse], x.half(), budget)
                 rows[f"batch_{batch}"] |= {"fp16_dense_ms": 1e3 * hd, "fp16_semi_structured_ms": 1e3 * hs}
-            except Exception as e:  # report what the card refused, rather than no table at all
+            except Exception as e:  # noqa: BLE001  (report what the card refused, rather than no table at all)
                 rows[f"batch_{batch}"]["fp16_semi_structured_error"] = f"{type(e).__name__}: {e}"[:300]
             twin = export.dense_twin(net, compression, names).cuda()
     return rows
+
+
+def slow(t: dict) -> str:
+    return " **slower**" if t["exported_slower_than_dense"] else ""
 
 
 def _runtimes(loaded, names):
@@ -113,7 +117,6 @@ def main() -> None:
                     figures["latency"] = gpu_rows(net, compression, names, folder, label, args.budget_s)
             results["runs"].append({"model": model_name, "compression": label, "figures": figures})
             b, t1, t64 = figures["bytes"], figures["latency"]["batch_1"], figures["latency"]["batch_64"]
-            slow = lambda t: " **slower**" if t["exported_slower_than_dense"] else ""  # noqa: E731
             extra = "".join(f"; fp16 dense {t['fp16_dense_ms']:.2f} → 2:4 {t['fp16_semi_structured_ms']:.2f} ms"
                             for t in [t64] if "fp16_semi_structured_ms" in t)
             lines.append(

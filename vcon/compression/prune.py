@@ -126,7 +126,7 @@ class SparseLinear(nn.Module):
     """A pruned layer at run time: CSR (row pointers, int32 column indices, the kept fp32 values: 8 bytes per kept
     weight in memory, so below 50 % density it is smaller than dense). No dense copy of the weight is kept.
 
-    How it multiplies is chosen per call, by what was faster on a 2-core AVX-512 CPU with MKL
+    How it multiplies is chosen per call, by what was faster on a 2-core AMD EPYC (AVX-512) with MKL
     (bench/export_speed.py): the sparse CSR matmul wins only for few input rows (a batch of one image) and a low
     density; otherwise the CSR is decoded into a temporary dense matrix for one dense matmul, close to dense speed.
     """
