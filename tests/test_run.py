@@ -157,6 +157,21 @@ def test_checkpoint_of_another_config_is_refused(tmp_path):
         quick(tmp_path, "train.epochs=1", "vcon.epochs=0", "compression=quant")
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("compression", ["prune", "lrd"])
+def test_compiled_blocks_train_like_eager_ones(tmp_path, compression):
+    """train.compile=true (what a CUDA run does by default) through every phase — β = 1, the blend, β = 0 with the
+    low-rank originals dropped (a recompilation) — and evaluation in eager mode: same steps, nearly the same loss
+    (kernels fuse differently, so not bit-identical) and accuracy."""
+    overrides = (f"compression={compression}", "train.epochs=3", "vcon.epochs=2")
+    eager = quick(tmp_path / "eager", *overrides, "train.compile=false")
+    compiled = quick(tmp_path / "compiled", *overrides, "train.compile=true")
+    assert compiled["step"] == eager["step"] and compiled["beta"] == eager["beta"] == 0.0
+    for a, b in zip(compiled["history"], eager["history"]):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-3)
+    assert compiled["test_acc"] == pytest.approx(eager["test_acc"], abs=1.0)
+
+
 @pytest.mark.parametrize("overrides, check", [
     (("compression=quant",), lambda c: c["zero_fraction"] == 0 and 1 < c["bits_per_weight"] < 1.01),
     (("compression=prune-quant", "compression.steps.0.ratio=0.75"),
