@@ -1,4 +1,6 @@
-"""GPU machine only (torchvision is there, not here): each op of vcon's RandAugment against torchvision's own _apply_op, per image on uint8, CPU and CUDA."""
+"""Each op of vcon's RandAugment against torchvision's own _apply_op, per image on uint8, on the CPU and CUDA.
+
+Run it where torchvision is installed (the GPU machines; it cannot be installed beside this project's CPU torch)."""
 import torch
 import torchvision
 from torchvision.transforms import InterpolationMode

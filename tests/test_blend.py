@@ -120,3 +120,40 @@ def test_dense_baseline_wraps_nothing():
     net = two_layer_net()
     blend_(net, from_config({"name": "none"}), ["0", "2"])
     assert isinstance(net[0], nn.Linear) and isinstance(net[2], nn.Linear)
+
+
+@pytest.mark.parametrize("settings", [PRUNE, BINARY, PRUNE_BINARY])
+def test_a_blended_model_compresses_all_its_layers_once_per_forward(settings):
+    """blend_ computes C(W) of every blended layer in one compress_all call before each forward of the model (and
+    drops them after it); outputs and straight-through gradients equal those of each layer compressing its own."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(32, 32), nn.GELU(), nn.Linear(32, 32), nn.GELU(), nn.Linear(32, 8))
+    x = torch.randn(6, 32)
+    compression = from_config(settings)
+    w = [net[i].weight.detach().clone().requires_grad_() for i in (0, 2, 4)]
+    b = [net[i].bias for i in (0, 2, 4)]
+
+    def expected(beta):  # layer by layer, with the STE written out: W_eff = β·W + (1−β)·(W + (C(W) − W).detach())
+        h = x
+        for i, (wi, bi) in enumerate(zip(w, b)):
+            w_eff = beta * wi + (1 - beta) * (wi + (compression.compress(wi.detach()) - wi.detach()))
+            h = F.linear(h, w_eff, bi)
+            h = F.gelu(h) if i < 2 else h
+        return h
+
+    calls = []
+    compress_all = compression.compress_all
+    compression.compress_all = lambda weights: calls.append(len(weights)) or compress_all(weights)
+    beta = blend_(net, compression, ["0", "2", "4"])
+    beta.value = 0.4
+    out = net(x)
+    assert calls == [3] and all(net[i].precomputed is None for i in (0, 2, 4))
+    ref = expected(0.4)
+    assert torch.allclose(out, ref, atol=1e-5)
+    out.square().sum().backward()
+    ref.square().sum().backward()
+    for i, wi in zip((0, 2, 4), w):
+        assert torch.allclose(net[i].weight.grad, wi.grad, atol=1e-5)
+    beta.value = 1.0
+    net(x)
+    assert calls == [3]  # β = 1 is the original network: nothing to compress

@@ -145,3 +145,18 @@ def test_every_compression_has_a_config():
 
     names = {p.read_text().split("name: ")[1].split()[0] for p in (CONF / "compression").glob("*.yaml")}
     assert set(REGISTRY) == names
+
+
+@pytest.mark.parametrize("settings", [
+    {"name": "prune", "ratio": 0.9}, {"name": "prune", "ratio": 0.5, "granularity": "row"},
+    {"name": "prune", "ratio": 0.5, "granularity": "2:4"}, {"name": "quant", "bits": 1}, {"name": "quant", "bits": 4},
+    {"name": "chain", "steps": [{"name": "prune", "ratio": 0.75}, {"name": "quant", "bits": 1}]},
+])
+def test_compressing_many_layers_at_once_equals_one_by_one(settings):
+    """compress_all stacks same-shaped matrices (one top-k for all of them): each result must be that layer's own
+    C(W) — its own mask, its own scale — whatever the other layers of its shape hold."""
+    compression = from_config(settings)
+    weights = [weight(48, 64, seed=1), weight(64, 48, seed=2), weight(48, 64, seed=3) * 10, weight(48, 64, seed=4)]
+    for together, alone in zip(compression.compress_all(weights), map(compression.compress, weights)):
+        assert torch.allclose(together, alone, rtol=1e-6, atol=1e-7)
+        assert torch.equal(together == 0, alone == 0)

@@ -48,11 +48,12 @@ class Beta:
 
 
 class _StraightThrough(torch.autograd.Function):
-    """Forward: ``C(W)``. Backward: the gradient goes unchanged to the latent W (straight-through estimator)."""
+    """Forward: ``C(W)``, computed beforehand. Backward: the gradient goes unchanged to the latent W
+    (straight-through estimator)."""
 
     @staticmethod
-    def forward(ctx, weight: torch.Tensor, compress: Callable[[torch.Tensor], torch.Tensor]):
-        return compress(weight)
+    def forward(ctx, weight: torch.Tensor, compressed: torch.Tensor):
+        return compressed
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -71,11 +72,16 @@ class BlendedLinear(nn.Module):
         self.bias = linear.bias
         self.compression = compression
         self.beta = beta
+        self.precomputed: torch.Tensor | None = None  # C(W), set by blend_'s hooks around each forward of the model
 
     def effective_weight(self) -> torch.Tensor:
         if self.beta.phase == "original":
             return self.weight
-        compressed = _StraightThrough.apply(self.weight, self.compression.compress)
+        compressed = self.precomputed
+        if compressed is None:  # called outside the model's forward
+            with torch.no_grad():
+                compressed = self.compression.compress(self.weight)
+        compressed = _StraightThrough.apply(self.weight, compressed)
         return compressed if self.beta.phase == "compressed" else torch.lerp(compressed, self.weight, self.beta.tensor)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -145,7 +151,30 @@ def blend_(model: nn.Module, compression: Compression, names: list[str], beta: B
         else:
             raise TypeError(f"{type(compression).__name__} is neither a weight nor a module compression")
         setattr(parent, attr, blended)
+    if isinstance(compression, WeightCompression):
+        _precompute_around_forward(model, [model.get_submodule(name) for name in names], compression, beta)
     return beta
+
+
+def _precompute_around_forward(model: nn.Module, layers: list[BlendedLinear], compression: WeightCompression,
+                               beta: Beta) -> None:
+    """Before each forward of the model, compute ``C(W)`` of all its blended layers at once
+    (``compress_all``: one top-k for all same-shaped layers, not one per layer); after it, let them go, so that a
+    layer called on its own later computes its own from its current weight."""
+
+    def before(module: nn.Module, args: tuple) -> None:
+        if beta.phase == "original":
+            return
+        with torch.no_grad():
+            for layer, compressed in zip(layers, compression.compress_all([layer.weight for layer in layers])):
+                layer.precomputed = compressed
+
+    def after(module: nn.Module, args: tuple, output: object) -> None:
+        for layer in layers:
+            layer.precomputed = None
+
+    model.register_forward_pre_hook(before)
+    model.register_forward_hook(after)
 
 
 def drop_originals(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> int:

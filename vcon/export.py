@@ -90,8 +90,8 @@ def export_model(net: nn.Module, compression: Compression, names: list[str], out
     packs = {name: compression.pack(net.get_submodule(name)) for name in names}
     tensors = {k: v for k, v in net.state_dict().items() if not any(k.startswith(n + ".") for n in names)}
     tensors |= {f"{name}.{k}": v for name, p in packs.items() for k, v in p.tensors.items()}
-    config = net.config.to_dict() | {"architectures": [type(net).__name__], KEY: {"version": 1, "compression": to_config(compression),
-                                           "layers": {name: p.meta for name, p in packs.items()}}}
+    config = net.config.to_dict() | {"architectures": [type(net).__name__], KEY: {
+        "version": 1, "compression": to_config(compression), "layers": {name: p.meta for name, p in packs.items()}}}
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

@@ -89,12 +89,16 @@ class RandAugment(nn.Module):
         super().__init__()
         assert 0 <= magnitude < num_magnitude_bins, (magnitude, num_magnitude_bins)
         self.num_ops, self.magnitude, self.num_magnitude_bins = num_ops, magnitude, num_magnitude_bins
-        bins = lambda top: torch.linspace(0.0, top, num_magnitude_bins)[magnitude].item()
+
+        def bins(top: float) -> float:
+            return torch.linspace(0.0, top, num_magnitude_bins)[magnitude].item()
+
         self.shear = bins(0.3)
         self.degrees = bins(30.0)
         self.enhance = bins(0.9)  # Brightness, Color, Contrast, Sharpness: factor 1 ± enhance
         self.translate = magnitude / (num_magnitude_bins - 1) * 150.0 / 331.0  # times the image size, truncated
-        self.bits = int(8 - (torch.arange(num_magnitude_bins) / ((num_magnitude_bins - 1) / 4)).round().int()[magnitude])
+        steps = (torch.arange(num_magnitude_bins) / ((num_magnitude_bins - 1) / 4)).round().int()
+        self.bits = int(8 - steps[magnitude])
         self.threshold = torch.linspace(255.0, 0.0, num_magnitude_bins)[magnitude].item()  # on the 0..255 scale
         self.register_buffer("candidate_of_op", torch.tensor(CANDIDATE_OF_OP), persistent=False)
 
@@ -119,7 +123,10 @@ class RandAugment(nn.Module):
     def _affine(self, x: torch.Tensor, op: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
         """Each image's geometric op as one inverse affine map (output pixel -> input pixel), nearest, zero fill."""
         b, _, h, w = x.shape
-        is_op = lambda name: (op == OPS.index(name)).to(x.dtype)
+
+        def is_op(name: str) -> torch.Tensor:
+            return (op == OPS.index(name)).to(x.dtype)
+
         shear_x, shear_y = sign * self.shear * is_op("ShearX"), sign * self.shear * is_op("ShearY")
         # torchvision: translate=[int(magnitude), 0] with a signed magnitude, so truncated towards zero
         tx = sign * float(int(self.translate * w)) * is_op("TranslateX")

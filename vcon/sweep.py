@@ -93,7 +93,8 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row.update({k: figures[k] for k in ("zero_fraction", "bits_per_weight", "params_before", "params_after")})
             exported = done[0]["results"].get("export")  # present when the run was exported (vcon/export.py)
             if exported:
-                row.update(bytes_on_disk=exported["bytes"]["file"], dense_bytes_on_disk=exported["bytes"]["dense_model"])
+                row.update(bytes_on_disk=exported["bytes"]["file"],
+                           dense_bytes_on_disk=exported["bytes"]["dense_model"])
                 for batch, t in exported.get("latency", {}).items():
                     if batch.startswith("batch_"):
                         row[f"cpu_ms_{batch}_dense"], row[f"cpu_ms_{batch}_exported"] = t["dense_ms"], t["exported_ms"]
@@ -113,9 +114,9 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 COLUMNS = ["model", "data", "compression", "transition", "runs", "done", "failed", "test_acc_mean", "test_acc_std",
-           "gain_mean", "gain_std", "zero_fraction", "bits_per_weight", "params_before", "params_after", "bytes_on_disk",
-           "dense_bytes_on_disk", "cpu_ms_batch_1_dense", "cpu_ms_batch_1_exported", "cpu_ms_batch_64_dense",
-           "cpu_ms_batch_64_exported"]
+           "gain_mean", "gain_std", "zero_fraction", "bits_per_weight", "params_before", "params_after",
+           "bytes_on_disk", "dense_bytes_on_disk", "cpu_ms_batch_1_dense", "cpu_ms_batch_1_exported",
+           "cpu_ms_batch_64_dense", "cpu_ms_batch_64_exported"]
 
 
 def markdown(rows: list[dict[str, Any]], runs: list[dict[str, Any]]) -> str:

@@ -56,7 +56,8 @@ def check(cfg: Any) -> Compression:
         raise ConfigError(f"save_pretrained=true is not allowed with compression={compression.name}: only dense runs "
                           "(compression=none) are saved in transformers format")
     if cfg.get("export") and compression.identity:
-        raise ConfigError("export=true is not allowed with compression=none: nothing is compressed; use save_pretrained")
+        raise ConfigError("export=true is not allowed with compression=none: nothing is compressed; use "
+                          "save_pretrained")
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device='cuda' is not allowed: no CUDA device is visible; use device=auto or device=cpu")
     return compression

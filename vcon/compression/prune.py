@@ -62,16 +62,17 @@ class Prune(WeightCompression):
                                   f"{layer.in_features} inputs do not split into groups of {m}")
 
     def keep_mask(self, weight: torch.Tensor) -> torch.Tensor:
-        """Boolean mask of the kept weights; exact counts even with ties (top-k, not a threshold)."""
+        """Boolean mask of the kept weights of a matrix or a stack of matrices (``(..., out, in)``); exact counts even
+        with ties (top-k, not a threshold)."""
         scores = weight.detach().abs()
+        rows, cols = scores.shape[-2:]
         if self.group is not None:
             n, m = self.group
-            groups = scores.reshape(-1, m)
-            return _top_k_mask(groups, n).reshape(weight.shape)
+            return _top_k_mask(scores.reshape(-1, m), n).reshape(weight.shape)
         if self.granularity == "row":
-            return _top_k_mask(scores, scores.shape[1] - round(self.ratio * scores.shape[1]))
-        flat = scores.reshape(1, -1)
-        return _top_k_mask(flat, flat.shape[1] - round(self.ratio * flat.shape[1])).reshape(weight.shape)
+            return _top_k_mask(scores.reshape(-1, cols), cols - round(self.ratio * cols)).reshape(weight.shape)
+        size = rows * cols
+        return _top_k_mask(scores.reshape(-1, size), size - round(self.ratio * size)).reshape(weight.shape)
 
     def compress(self, weight: torch.Tensor) -> torch.Tensor:
         return weight * self.keep_mask(weight)

@@ -29,11 +29,12 @@ class Quant(WeightCompression):
 
     def compress(self, weight: torch.Tensor) -> torch.Tensor:
         magnitude = weight.abs()
+        matrix = (-2, -1)  # one scale per matrix, also in a stack of them
         if self.bits == 1:
-            scale = magnitude.sum() / (weight != 0).sum().clamp(min=1)
+            scale = magnitude.sum(matrix, keepdim=True) / (weight != 0).sum(matrix, keepdim=True).clamp(min=1)
             return torch.sign(weight) * scale
         levels = 2 ** (self.bits - 1) - 1
-        scale = magnitude.max().clamp(min=torch.finfo(weight.dtype).tiny) / levels
+        scale = magnitude.amax(matrix, keepdim=True).clamp(min=torch.finfo(weight.dtype).tiny) / levels
         return torch.round(weight / scale).clamp(-levels, levels) * scale
 
     def footprint(self, fp: Footprint, weight_shape: torch.Size) -> Footprint:
