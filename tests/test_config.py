@@ -1,7 +1,7 @@
 """Every option of every config group composes through Hydra, and passes the run's own checks."""
 import pytest
 
-from conftest import CONF
+from conftest import CONF, make_config
 from vcon import train
 
 GROUPS = {group.name: sorted(p.stem for p in group.glob("*.yaml")) for group in CONF.iterdir()
@@ -60,3 +60,16 @@ def test_command_line_values_reach_the_run(config):
     cfg = config("compression=lrd", "compression.rank=16", "vcon.epochs=12", "schedule=cosine")
     assert (cfg.compression.rank, cfg.vcon.epochs, cfg.vcon.shape) == (16, 12, "cosine")
     assert config("compression=prune", "compression.granularity=2:4").compression.granularity == "2:4"
+
+
+def test_a_run_is_the_same_run_from_another_clone(tmp_path):
+    """The run identity names a shipped model by name: cloned elsewhere (another absolute path to the asset), the
+    same settings are the same run, so a sweep resumes and vcon-export accepts its checkpoints. A model folder of
+    the user's own stays a path."""
+    from vcon import identity
+
+    shipped = make_config()
+    assert identity.identity(shipped)["model"]["pretrained"] == "asset:vit-micro"
+    own = make_config(f"model.pretrained={tmp_path / 'my-vit'}")
+    assert identity.identity(own)["model"]["pretrained"] == str(tmp_path / "my-vit")
+    assert identity.run_id(shipped) != identity.run_id(own)

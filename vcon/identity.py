@@ -11,6 +11,8 @@ from typing import Any, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
+from vcon.model import asset
+
 # Sections that define what a run computes. Not in it: where and how it runs (device, launcher, output folders)
 # and settings that change no number beyond float rounding (logging cadence, evaluation batch size, compilation: a
 # run started eager may resume compiled).
@@ -20,6 +22,10 @@ IGNORED = {"train": ("log_every", "eval_batch_size", "checkpoint_every_min", "co
 
 def identity(cfg: DictConfig) -> dict[str, Any]:
     raw = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [s for s in SECTIONS if s in cfg]), resolve=True)
+    pretrained = raw.get("model", {}).get("pretrained")
+    if isinstance(pretrained, str) and Path(pretrained).parent == Path(asset("_")).parent:
+        # a shipped model by name, not by where this checkout is: a run stays the same run in another clone
+        raw["model"]["pretrained"] = f"asset:{Path(pretrained).name}"
     for section, keys in IGNORED.items():
         for key in keys:
             raw.get(section, {}).pop(key, None)
