@@ -7,7 +7,14 @@
 #   torchvision - vcon's RandAugment against torchvision's, op by op (torchvision cannot be installed beside CPU torch)
 # Usage: bash bench/gpu_checks.sh "speed precision torchvision export" [results folder, default bench/results]
 # The machine needs torch, transformers and safetensors; hydra-core, omegaconf and antlr4 (pure Python) can come in
-# a folder on PYTHONPATH (VCON_PYDEPS), and Fashion-MNIST's IDX files in VCON_FASHION_MNIST.
+# a folder on PYTHONPATH (VCON_PYDEPS), and Fashion-MNIST's IDX files in VCON_FASHION_MNIST. With this workplace's
+# device tool, prepare them once in an ignored folder and carry it (".gpu", 32 MB):
+#   sp=$(python -c 'import hydra, os; print(os.path.dirname(os.path.dirname(hydra.__file__)))')
+#   mkdir -p .gpu/pydeps .gpu/fashion-mnist && cp -r $sp/hydra $sp/omegaconf $sp/antlr4 .gpu/pydeps/ \
+#     && cp /usr/share/datasets/fashion-mnist/*.gz .gpu/fashion-mnist/ && echo /.gpu/ >> .git/info/exclude
+#   then run: VCON_PYDEPS=$PWD/.gpu/pydeps VCON_FASHION_MNIST=$PWD/.gpu/fashion-mnist bash bench/gpu_checks.sh
+# Seen on an H200 (2026-11-27): speed ~5 min (7 compiled configurations, 7 eager, 1 fp32), precision ~1 min,
+# export ~3 min, torchvision ~10 s; a machine start ~40 s.
 set -uo pipefail
 what=" ${1:-speed precision torchvision export} "
 out=${2:-bench/results}
