@@ -163,6 +163,11 @@ def autocast_for(train: Any, device: torch.device) -> Callable:
     return lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
 
+def compiles(train: Any, device: torch.device) -> bool:
+    """Whether ``train.compile`` asks for ``torch.compile`` (of the blocks and of RandAugment) on ``device``."""
+    return train.compile is True or (train.compile == "auto" and device.type == "cuda")
+
+
 def build_model(cfg: Any, compression: Compression, num_classes: int,
                 device: torch.device) -> tuple[nn.Module, dict[str, nn.Module], Beta, Pipeline]:
     """The configured model on ``device`` with its targets blended (at β = 1, still the dense model), the β that
@@ -172,7 +177,7 @@ def build_model(cfg: Any, compression: Compression, num_classes: int,
     compression.check(chosen)
     beta = blend_(net, compression, list(chosen))
     pipeline = Pipeline(cfg.train.augment, net.config.image_size, net.config.num_channels, list(cfg.model.mean),
-                        list(cfg.model.std), num_classes, device)
+                        list(cfg.model.std), num_classes, device, compiled=compiles(cfg.train, device))
     return net, chosen, beta, pipeline
 
 
@@ -185,7 +190,7 @@ def build_step(net: nn.Module, pipeline: Pipeline, train: Any, steps_per_epoch: 
     lr_factor = WarmupCosine(round(train.warmup_epochs * steps_per_epoch), total_steps,
                              train.warmup_start_lr / train.lr, train.min_lr / train.lr)
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-    if train.compile is True or (train.compile == "auto" and device.type == "cuda"):
+    if compiles(train, device):
         log.info("compiled %d blocks with torch.compile", compile_blocks(net))
     return Step(net, optimizer, lr_schedule, pipeline, autocast_for(train, device), train, world)
 
