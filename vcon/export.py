@@ -176,7 +176,7 @@ def dense_twin(net: nn.Module, compression: Compression, names: list[str]) -> nn
         for name in names:
             module = twin.get_submodule(name)
             if isinstance(module, BlendedBranches):
-                weight, bias = module.compressed.up.weight @ module.compressed.down.weight, module.compressed.up.bias
+                weight, bias = module.compressed.dense_weight(), module.compressed.bias
             else:
                 weight, bias = compression.compress(module.weight), module.bias
             linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)

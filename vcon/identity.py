@@ -11,7 +11,7 @@ from typing import Any, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
-from vcon.model import asset
+from vcon.model import ASSETS
 
 # Sections that define what a run computes. Not in it: where and how it runs (device, launcher, output folders)
 # and settings that change no number beyond float rounding (logging cadence, evaluation batch size, compilation: a
@@ -23,7 +23,7 @@ IGNORED = {"train": ("log_every", "eval_batch_size", "checkpoint_every_min", "co
 def identity(cfg: DictConfig) -> dict[str, Any]:
     raw = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [s for s in SECTIONS if s in cfg]), resolve=True)
     pretrained = raw.get("model", {}).get("pretrained")
-    if isinstance(pretrained, str) and Path(pretrained).parent == Path(asset("_")).parent:
+    if isinstance(pretrained, str) and Path(pretrained).parent == ASSETS:
         # a shipped model by name, not by where this checkout is: a run stays the same run in another clone
         raw["model"]["pretrained"] = f"asset:{Path(pretrained).name}"
     for section, keys in IGNORED.items():

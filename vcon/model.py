@@ -42,6 +42,9 @@ def build(cfg: Any, num_classes: int) -> nn.Module:
     return model
 
 
+ASSETS = Path(__file__).parent / "assets"  # models shipped inside the package
+
+
 def asset(name: str) -> str:
     """Path of a model shipped inside the package (``${asset:vit-micro}`` in configs)."""
-    return str(Path(__file__).parent / "assets" / name)
+    return str(ASSETS / name)

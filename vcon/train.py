@@ -148,8 +148,9 @@ class Step:
 
 def compile_blocks(net: nn.Module) -> int:
     """``torch.compile`` each repeated block (regional compilation): the blocks share one compiled graph, so
-    compiling takes seconds, not the minutes a whole-model compile takes, and fuses what matters — the element-wise
-    work around the matmuls, and the masks and scales of the compressed weights. Returns the number of blocks."""
+    compiling takes seconds, not the minutes a whole-model compile takes, and fuses the element-wise work around
+    the matmuls, the weight blends included (the compressed weights themselves are computed before the model's
+    forward, all layers at once: ``vcon.blend``). Returns the number of blocks."""
     blocks = [block for name in targets.block_lists(net) for block in net.get_submodule(name)]
     for block in blocks:
         block.compile()
