@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Every GPU measurement of the project in one prepared call, for a lent GPU machine whose time is counted:
+#   graph   - train.cuda_graph: tests/test_cuda_graph.py's GPU tests (captured steps against eager ones), then
+#             bench/train_speed.py with each step a CUDA graph (compiled bf16), then the offline default run captured
+#             in bf16, 3 seeds (accuracy against precision's). Not measured yet: run it first (about 6 minutes).
 #   speed   - bench/train_speed.py: the seven configurations, compiled bf16 (what a run uses) and eager bf16; the
 #             dense model also in eager fp32 (the reference's setting)
 #   precision - the offline default run (vit-micro, Fashion-MNIST, pruning 90 %, VCON) in bf16 and fp32, 3 seeds
 #   export  - bench/export_speed.py on the GPU (2:4 sparse kernels, low-rank factors, packed formats)
 #   torchvision - vcon's RandAugment against torchvision's, op by op (torchvision cannot be installed beside CPU torch)
-# Usage: bash bench/gpu_checks.sh "speed precision torchvision export" [results folder, default bench/results]
+# Usage: bash bench/gpu_checks.sh "graph speed precision torchvision export" [results folder, default bench/results]
 # The machine needs torch, transformers and safetensors; hydra-core, omegaconf and antlr4 (pure Python) can come in
 # a folder on PYTHONPATH (VCON_PYDEPS), and Fashion-MNIST's IDX files in VCON_FASHION_MNIST. With this workplace's
 # device tool, prepare them once in an ignored folder and carry it (".gpu", 32 MB):
@@ -16,7 +19,7 @@
 # Seen on an H200 (2026-11-27): speed ~5 min (7 compiled configurations, 7 eager, 1 fp32), precision ~1 min,
 # export ~3 min, torchvision ~10 s; a machine start ~40 s.
 set -uo pipefail
-what=" ${1:-speed precision torchvision export} "
+what=" ${1:-graph speed precision torchvision export} "
 out=${2:-bench/results}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH="${VCON_PYDEPS:+$VCON_PYDEPS:}$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -24,6 +27,23 @@ fmnist=${VCON_FASHION_MNIST:-/usr/share/datasets/fashion-mnist}
 
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | tee "$out/gpu.txt"
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+
+if [[ $what == *" graph "* ]]; then
+  timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_cuda_graph.py 2>&1 | tail -25 | tee "$out/cuda_graph_tests.log"
+  timeout 330 python3 bench/train_speed.py --out "$out" --steps 30 --warmup 8 --variants bf16:true:graph 2>&1 \
+    | grep -v "^Loading" | tee "$out/train_speed_graph.log"
+  for seed in 0 1 2; do  # side by side, as precision's runs
+    timeout 150 python3 run.py seed=$seed train.precision=bf16 train.cuda_graph=true device=cuda data.root="$fmnist" \
+      tracking.wandb.mode=disabled outputs=/tmp/vcon-graph >"/tmp/vcon-graph-$seed.log" 2>&1 &
+  done
+  wait
+  tail -n 3 /tmp/vcon-graph-*.log >"$out/precision_graph.log"
+  python3 -c 'import glob, json
+for path in sorted(glob.glob("/tmp/vcon-graph/runs/*/results.json")):
+    r = json.load(open(path))
+    print("bf16, captured:", path.split("/")[-2], "test accuracy at beta=0", r["test_acc"], "last epoch",
+          round(r["history"][-1]["images_per_s"]), "img/s, run", round(r["wall_time_s"]), "s")' | tee -a "$out/precision_graph.log"
+fi
 
 if [[ $what == *" speed "* ]]; then
   timeout 330 python3 bench/train_speed.py --out "$out" --steps 30 --warmup 8 --variants bf16:true,bf16:false 2>&1 | grep -v "^Loading" \

@@ -7,8 +7,12 @@ It builds what a run builds (``vcon.train.build_model`` / ``build_step`` from th
 * ``step``: one prepared batch, only forward, backward and AdamW (the reference's ``*/gpu``);
 * ``pipeline``: the augmentation alone (the reference's ``loader_only``).
 
+With ``graph`` in a variant (``--variants bf16:true:graph``) each of the three is replayed as a CUDA graph
+(``train.cuda_graph``, ``vcon/cuda_graph.py``): e2e through the ``Step`` a run uses, the other two wrapped alike.
+
     python bench/train_speed.py                     # CUDA: ViT-T/16, 224 px, batch 128, the paper recipe
     python bench/train_speed.py --device cpu --model vit-micro --recipe micro   # the offline default run
+    python bench/train_speed.py --variants bf16:true:graph,bf16:true           # CUDA graphs against none
 
 Compressions are timed one-shot (β = 0, originals dropped) and in the VCON transition (β = 0.5, both branches).
 Figures are compared with the reference implementation's (``bench/reference-throughput-h100.json``, measured on an
@@ -35,6 +39,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 import vcon  # noqa: E402,F401  (registers the config resolvers)
 from vcon import data, train  # noqa: E402
 from vcon.blend import drop_originals  # noqa: E402
+from vcon.cuda_graph import CapturedStep  # noqa: E402
 from vcon.compression import from_config  # noqa: E402
 
 # name -> (compression overrides, β while timed); the names are the reference's, "vanilla" being ours "dense"
@@ -84,10 +89,11 @@ def fake_cifar(cfg, device: torch.device, n: int) -> data.Split:
                       torch.randint(0, 10, (n,), generator=g)).to(device)
 
 
-def measure(name: str, args, device: torch.device, precision: str, compile_: bool) -> dict:
+def measure(name: str, args, device: torch.device, precision: str, compile_: bool, graph: bool) -> dict:
     overrides, beta_value = CONFIGS[name]
     cfg = compose_config(args.model, args.recipe, [*overrides, f"train.precision={precision}",
                                                    f"train.compile={str(compile_).lower()}",
+                                                   f"train.cuda_graph={str(graph).lower()}",
                                                    f"train.batch_size={args.batch}"])
     torch._dynamo.reset()  # every configuration compiles afresh: no cache entries left over from the last one
     torch.manual_seed(0)
@@ -96,7 +102,8 @@ def measure(name: str, args, device: torch.device, precision: str, compile_: boo
     beta.value = beta_value
     if beta_value == 0:
         drop_originals(net)
-    step = train.build_step(net, pipeline, cfg.train, steps_per_epoch=390, total_steps=60 * 390, device=device)
+    step = train.build_step(net, pipeline, cfg.train, steps_per_epoch=390, total_steps=60 * 390, device=device,
+                            beta=beta)
     images = fake_cifar(cfg, device, args.images)
     mix_rng = torch.Generator().manual_seed(0)
 
@@ -107,28 +114,41 @@ def measure(name: str, args, device: torch.device, precision: str, compile_: boo
         index = batch_indices()
         step(images.images[index], images.labels[index], mix_rng)
 
+    def augment(images_: torch.Tensor, labels: torch.Tensor, *mix: torch.Tensor) -> torch.Tensor:
+        return pipeline.train_batch(images_, labels, *mix)[0]
+
+    def optimize(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return step.optimize([(x, y)])
+
+    if step.captured is not None:  # the step alone and the pipeline alone, captured like the whole step
+        augment, optimize = (CapturedStep(fn, key=step.captured.key) for fn in (augment, optimize))
+
+    def pipeline_only() -> None:
+        index = batch_indices()
+        augment(images.images[index], images.labels[index], *pipeline.draw_mix(args.batch, mix_rng))
+
     index = batch_indices()
-    prepared = [pipeline.train_batch(images.images[index], images.labels[index], mix_rng)]
+    prepared = pipeline.train_batch(images.images[index], images.labels[index],
+                                    *pipeline.draw_mix(args.batch, mix_rng))
     started = time.perf_counter()
-    for _ in range(args.warmup):  # compilation (first call) and allocator warm-up
+    for _ in range(args.warmup):  # compilation (first calls), graph capture, allocator warm-up
         e2e()
-        step.optimize(prepared)
+        optimize(*prepared)
+        pipeline_only()
     sync(device)
     warmup_s = time.perf_counter() - started
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     row = {
-        "config": name, "precision": precision, "compile": compile_, "beta": beta_value,
+        "config": name, "precision": precision, "compile": compile_, "graph": graph, "beta": beta_value,
         "e2e": args.batch * args.steps / timed(e2e, args.steps, device, args.repeats),
-        "step": args.batch * args.steps / timed(lambda: step.optimize(prepared), args.steps, device, args.repeats),
-        "pipeline": args.batch * args.steps / timed(
-            lambda: pipeline.train_batch(images.images[batch_indices()], images.labels[batch_indices()], mix_rng),
-            args.steps, device, args.repeats),
+        "step": args.batch * args.steps / timed(lambda: optimize(*prepared), args.steps, device, args.repeats),
+        "pipeline": args.batch * args.steps / timed(pipeline_only, args.steps, device, args.repeats),
         "warmup_s": warmup_s,
     }
     if device.type == "cuda":
         row["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-    print(f"  {name:10s} {precision} compile={compile_!s:5s}  e2e {row['e2e']:8.0f}  step {row['step']:8.0f}  "
+    print(f"  {name:10s} {precision} compile={compile_!s:5s} graph={graph!s:5s}  e2e {row['e2e']:8.0f}  step {row['step']:8.0f}  "
           f"pipeline {row['pipeline']:8.0f} img/s  (warm-up {warmup_s:.1f} s)", flush=True)
     return row
 
@@ -159,28 +179,29 @@ def plain_loop(args, device: torch.device) -> float:
 def table(rows: list[dict], plain: float | None, device_name: str) -> str:
     reference = REFERENCE["img_per_s"]
     on_reference_card = "H100" in device_name
-    lines = ["| configuration | precision | compiled | e2e img/s | step img/s | pipeline img/s | reference e2e | "
-             "e2e / reference |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| configuration | precision | compiled | CUDA graph | e2e img/s | step img/s | pipeline img/s | "
+             "reference e2e | e2e / reference |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ref = reference.get(f"{r['config']}/e2e")
         ratio = f"{r['e2e'] / ref:.2f}×" if ref else "–"
         if ref and not on_reference_card:
             ratio += " (other card)"
-        lines.append(f"| {r['config']} | {r['precision']} | {r['compile']} | {r['e2e']:,.0f} | {r['step']:,.0f} | "
-                     f"{r['pipeline']:,.0f} | {ref or 0:,.0f} | {ratio} |")
-    by_key = {(r["config"], r["precision"], r["compile"]): r for r in rows}
+        lines.append(f"| {r['config']} | {r['precision']} | {r['compile']} | {r['graph']} | {r['e2e']:,.0f} | "
+                     f"{r['step']:,.0f} | {r['pipeline']:,.0f} | {ref or 0:,.0f} | {ratio} |")
+    by_key = {(r["config"], r["precision"], r["compile"], r["graph"]): r for r in rows}
     overhead = []
     for base, limit in (("prune", 10), ("quant", 10), ("lrd", 40)):
-        for (config, precision, compiled), r in by_key.items():
-            if config == f"{base}_vcon" and (base, precision, compiled) in by_key:
-                one_shot = by_key[(base, precision, compiled)]
+        for (config, *variant), r in by_key.items():
+            if config == f"{base}_vcon" and (base, *variant) in by_key:
+                one_shot = by_key[(base, *variant)]
                 extra = 100 * (one_shot["step"] / r["step"] - 1)
                 extra_e2e = 100 * (one_shot["e2e"] / r["e2e"] - 1)
-                overhead.append(f"| {base} | {precision} | {compiled} | {extra:+.1f} % | {extra_e2e:+.1f} % | "
+                overhead.append(f"| {base} | {' | '.join(map(str, variant))} | {extra:+.1f} % | {extra_e2e:+.1f} % | "
                                 f"≤ {limit} % |")
     if overhead:
         lines += ["", "VCON's own cost while β > 0 (time per step against the same compression one-shot):", "",
-                  "| compression | precision | compiled | step | e2e | allowed |", "|---|---|---|---|---|---|",
+                  "| compression | precision | compiled | CUDA graph | step | e2e | allowed |",
+                  "|---|---|---|---|---|---|---|",
                   *overhead]
     if plain:
         lines += ["", f"plain PyTorch loop, same dense model and batches: {plain:,.0f} img/s"]
@@ -195,8 +216,8 @@ def main() -> None:
                                                           "micro (the offline default run's: no augmentation)")
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--variants", default=None,
-                        help="precision:compile pairs, e.g. bf16:true,fp32:false (default: what a run on this "
-                             "device uses, bf16:true on CUDA and fp32:false on the CPU)")
+                        help="precision:compile[:graph], e.g. bf16:true:graph,bf16:true,fp32:false (default: what "
+                             "a run on this device uses, bf16:true on CUDA and fp32:false on the CPU)")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=50, help="timed steps per repeat")
     parser.add_argument("--repeats", type=int, default=3)
@@ -211,7 +232,7 @@ def main() -> None:
     if unknown:
         parser.error(f"--configs {unknown} not known; allowed: {list(CONFIGS)}")
     variants = args.variants or ("bf16:true" if device.type == "cuda" else "fp32:false")
-    pairs = [(p, c == "true") for p, c in (v.split(":") for v in variants.split(","))]
+    pairs = [(p, c == "true", g == ["graph"]) for p, c, *g in (v.split(":") for v in variants.split(","))]
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     header = {"device": device_name, "torch": torch.__version__, "python": platform.python_version(),
               "model": args.model, "recipe": args.recipe, "batch": args.batch, "steps": args.steps,
@@ -222,7 +243,7 @@ def main() -> None:
     except ImportError:
         pass
     print(json.dumps(header), flush=True)
-    rows = [measure(name, args, device, precision, compiled) for precision, compiled in pairs for name in names]
+    rows = [measure(name, args, device, *variant) for variant in pairs for name in names]
     plain = plain_loop(args, device) if args.plain else None
     text = table(rows, plain, device_name)
     print(text)

@@ -23,6 +23,7 @@ class Pipeline:
         self.image_size, self.channels, self.num_classes, self.device = image_size, channels, num_classes, device
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
+        self.classes = torch.arange(num_classes, device=device)
         self.mixup_alpha = float(augment.mixup_alpha)
         require(self.mixup_alpha >= 0, "train.augment.mixup_alpha", augment.mixup_alpha, "a number >= 0 (0: off)")
         self.randaugment = None
@@ -46,14 +47,25 @@ class Pipeline:
                               align_corners=False)
         return (x - self.mean) / self.std
 
-    def train_batch(self, images: torch.Tensor, labels: torch.Tensor,
-                    generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Augmented inputs and target distributions (one-hot, mixed when MixUp is on)."""
+    def draw_mix(self, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        """MixUp's draws for one batch, on the device: (λ, permutation), or () when MixUp is off. Drawn on the host
+        (λ from torch's global generator, the permutation from ``generator``, whose state a mid-epoch checkpoint
+        keeps) and passed to ``train_batch`` as tensors, so that a CUDA graph of the step reads new ones each time."""
+        if self.mixup_alpha == 0:
+            return ()
+        lam = float(torch.distributions.Beta(self.mixup_alpha, self.mixup_alpha).sample())
+        perm = torch.randperm(batch, generator=generator).to(self.device, non_blocking=True)
+        return torch.full((), lam, device=self.device), perm
+
+    def train_batch(self, images: torch.Tensor, labels: torch.Tensor, *mix: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Augmented inputs and target distributions (one-hot, mixed by ``mix``, ``draw_mix``'s (λ, permutation))."""
         x = self._to_model_input(images, augment=True)
-        y = F.one_hot(labels.to(self.device), self.num_classes).float()
-        if self.mixup_alpha > 0:
-            lam = float(torch.distributions.Beta(self.mixup_alpha, self.mixup_alpha).sample())
-            perm = torch.randperm(len(x), generator=generator).to(self.device, non_blocking=True)
+        # one-hot by comparison: F.one_hot checks the label range on the host on CPUs, a read a CUDA graph cannot
+        # hold; labels are in range by construction (num_classes is the largest label + 1)
+        y = (labels.to(self.device)[:, None] == self.classes).float()
+        if mix:
+            lam, perm = mix
             x = torch.lerp(x[perm], x, lam)
             y = torch.lerp(y[perm], y, lam)
         return x, y

@@ -14,10 +14,10 @@ from omegaconf import DictConfig, OmegaConf
 from vcon.model import ASSETS
 
 # Sections that define what a run computes. Not in it: where and how it runs (device, launcher, output folders)
-# and settings that change no number beyond float rounding (logging cadence, evaluation batch size, compilation: a
-# run started eager may resume compiled).
+# and settings that change no number beyond float rounding (logging cadence, evaluation batch size, compilation,
+# CUDA graphs: a run started eager may resume compiled).
 SECTIONS = ("seed", "model", "data", "compression", "vcon", "target", "train")
-IGNORED = {"train": ("log_every", "eval_batch_size", "checkpoint_every_min", "compile")}
+IGNORED = {"train": ("log_every", "eval_batch_size", "checkpoint_every_min", "compile", "cuda_graph")}
 
 
 def identity(cfg: DictConfig) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from vcon import checkpoint, data, distributed, hub, identity, model, results, s
 from vcon.augment import Pipeline
 from vcon.blend import Beta, BlendedBranches, blend_, block_gap, drop_originals
 from vcon.compression import Compression, from_config as compression_from_config
+from vcon.cuda_graph import CapturedStep
 from vcon.errors import ConfigError, require
 from vcon.preemption import StopRequest
 
@@ -51,6 +52,7 @@ def check(cfg: Any) -> Compression:
     require(0 <= t.warmup_epochs <= t.epochs, "train.warmup_epochs", t.warmup_epochs, "in [0, train.epochs]")
     require(t.precision in ("auto", "fp32", "bf16"), "train.precision", t.precision, "auto, fp32 or bf16")
     require(t.compile in ("auto", True, False), "train.compile", t.compile, "auto, true or false")
+    require(t.cuda_graph in ("auto", True, False), "train.cuda_graph", t.cuda_graph, "auto, true or false")
     require(cfg.device in ("auto", "cpu", "cuda"), "device", cfg.device, "auto, cpu or cuda")
     if cfg.save_pretrained and not compression.identity:
         raise ConfigError(f"save_pretrained=true is not allowed with compression={compression.name}: only dense runs "
@@ -60,6 +62,9 @@ def check(cfg: Any) -> Compression:
                           "save_pretrained")
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device='cuda' is not allowed: no CUDA device is visible; use device=auto or device=cpu")
+    if t.cuda_graph is True and (cfg.device == "cpu" or not torch.cuda.is_available()):
+        raise ConfigError("train.cuda_graph=true is not allowed without a CUDA device (CUDA graphs replay GPU work); "
+                          "allowed here: auto or false")
     return compression
 
 
@@ -116,18 +121,31 @@ class Step:
 
     It returns the loss as a device tensor and never waits for the device: the host queues the next step while the
     device still computes this one. Reading the loss (``float``) is the caller's choice, every ``log_every`` steps.
+    With ``captured`` (a ``CapturedStep`` around ``train_on``: ``train.cuda_graph``) the step replays a CUDA graph.
     """
 
     def __init__(self, net: nn.Module, optimizer: torch.optim.Optimizer, lr_schedule: Any, pipeline: Pipeline,
-                 autocast: Callable, train: Any, world: distributed.World = distributed.SINGLE) -> None:
+                 autocast: Callable, train: Any, world: distributed.World = distributed.SINGLE,
+                 graph_key: Callable[[], Any] | None = None) -> None:
         self.net, self.trained, self.optimizer, self.lr_schedule = net, net, optimizer, lr_schedule
         self.pipeline, self.autocast, self.world = pipeline, autocast, world
         self.grad_accum, self.grad_clip = train.grad_accum, train.grad_clip
+        self.captured = CapturedStep(self.train_on, graph_key) if graph_key is not None else None
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, mix_rng: torch.Generator) -> torch.Tensor:
         micro = len(labels) // self.grad_accum
-        return self.optimize([self.pipeline.train_batch(part, part_labels, mix_rng)
-                              for part, part_labels in zip(images.split(micro), labels.split(micro))])
+        mixes = [t for _ in range(self.grad_accum) for t in self.pipeline.draw_mix(micro, mix_rng)]
+        loss = (self.captured or self.train_on)(images, labels, *mixes)
+        self.lr_schedule.step()  # on the host, after the step: fills the lr tensor a graph reads
+        return loss
+
+    def train_on(self, images: torch.Tensor, labels: torch.Tensor, *mixes: torch.Tensor) -> torch.Tensor:
+        """The step on the device, from tensors alone: ``grad_accum`` micro-batches, each with its MixUp draws
+        (``mixes``: theirs one after the other, or none)."""
+        per = len(mixes) // self.grad_accum
+        micro = len(labels) // self.grad_accum
+        return self.optimize([self.pipeline.train_batch(part, part_labels, *mixes[i * per:(i + 1) * per])
+                              for i, (part, part_labels) in enumerate(zip(images.split(micro), labels.split(micro)))])
 
     def optimize(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """Forward and backward over ``grad_accum`` prepared (inputs, targets) pairs, then one optimizer step."""
@@ -142,7 +160,6 @@ class Step:
             nn.utils.clip_grad_norm_(self.net.parameters(), self.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.lr_schedule.step()
         return total
 
 
@@ -169,6 +186,19 @@ def compiles(train: Any, device: torch.device) -> bool:
     return train.compile is True or (train.compile == "auto" and device.type == "cuda")
 
 
+def captures(train: Any, device: torch.device, world: distributed.World = distributed.SINGLE) -> bool:
+    """Whether ``train.cuda_graph`` asks for the step as a CUDA graph: ``auto`` is on for one process on CUDA
+    (``run`` refuses ``true`` elsewhere)."""
+    return train.cuda_graph is True or (train.cuda_graph == "auto" and device.type == "cuda" and world.size == 1)
+
+
+def _lr_as_device_tensor(optimizer: torch.optim.Optimizer) -> None:
+    """After ``load_state_dict``: the loaded param groups bring their own lr (a float from an eager run, or a tensor
+    mapped to the CPU); a captured step reads it from a tensor on the parameters' device."""
+    for group in optimizer.param_groups:
+        group["lr"] = torch.tensor(float(group["lr"]), device=group["params"][0].device)
+
+
 def build_model(cfg: Any, compression: Compression, num_classes: int,
                 device: torch.device) -> tuple[nn.Module, dict[str, nn.Module], Beta, Pipeline]:
     """The configured model on ``device`` with its targets blended (at β = 1, still the dense model), the β that
@@ -183,17 +213,27 @@ def build_model(cfg: Any, compression: Compression, num_classes: int,
 
 
 def build_step(net: nn.Module, pipeline: Pipeline, train: Any, steps_per_epoch: int, total_steps: int,
-               device: torch.device, world: distributed.World = distributed.SINGLE) -> Step:
+               device: torch.device, world: distributed.World = distributed.SINGLE, beta: Beta | None = None) -> Step:
     """AdamW (fused on CUDA) with warm-up and cosine decay over the parameters ``net`` trains now (after any
-    ``drop_originals``), the blocks compiled where ``train.compile`` says, and the ``Step`` that uses them."""
-    optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=train.lr,
-                                  weight_decay=train.weight_decay, fused=device.type == "cuda")
+    ``drop_originals``), the blocks compiled where ``train.compile`` says, and the ``Step`` that uses them, captured
+    as a CUDA graph where ``train.cuda_graph`` says (then the lr is a device tensor and the optimizer capturable, and
+    the graph is captured again whenever ``beta``'s phase or the trained parameters change)."""
+    captured = captures(train, device, world)
+    optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad],
+                                  lr=torch.tensor(train.lr, device=device) if captured else train.lr,
+                                  weight_decay=train.weight_decay, fused=device.type == "cuda" or captured,
+                                  capturable=captured)  # fused: capturable on any device, so tests build it on CPUs
     lr_factor = WarmupCosine(round(train.warmup_epochs * steps_per_epoch), total_steps,
                              train.warmup_start_lr / train.lr, train.min_lr / train.lr)
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     if compiles(train, device):
         log.info("compiled %d blocks with torch.compile", compile_blocks(net))
-    return Step(net, optimizer, lr_schedule, pipeline, autocast_for(train, device), train, world)
+    graph_key = None
+    if captured:
+        optimizer.register_load_state_dict_post_hook(_lr_as_device_tensor)
+        graph_key = lambda: (beta.phase if beta else None, sum(len(g["params"]) for g in optimizer.param_groups))  # noqa: E731
+        log.info("each training step replays a CUDA graph (train.cuda_graph=%s)", train.cuda_graph)
+    return Step(net, optimizer, lr_schedule, pipeline, autocast_for(train, device), train, world, graph_key)
 
 
 def run(cfg: Any, run_dir: str | Path, on_epoch_end: Callable[[int], None] | None = None, run_name: str | None = None,
@@ -214,6 +254,9 @@ def run(cfg: Any, run_dir: str | Path, on_epoch_end: Callable[[int], None] | Non
     if not world.main:
         logging.getLogger("vcon").setLevel(logging.WARNING)
     device = torch.device(f"cuda:{world.local_rank}" if use_cuda else "cpu")
+    if cfg.train.cuda_graph is True and world.size > 1:
+        raise ConfigError(f"train.cuda_graph=true is not allowed with {world.size} processes (a graph would capture "
+                          "DDP's collectives); allowed there: auto (off with several processes) or false")
     with identity.exclusive(run_dir) if world.main else contextlib.nullcontext():
         return _run(cfg, run_dir, compression, device, world, started, on_epoch_end, run_name or run_dir.name, group)
 
@@ -251,7 +294,7 @@ def _run(cfg: Any, run_dir: Path, compression: Compression, device: torch.device
     beta.value = beta_schedule.beta(progress.step) if beta_schedule else 1.0
     if beta_schedule and beta.value == 0:
         drop_originals(net)
-    step = build_step(net, pipeline, t, steps_per_epoch, total_steps, device, world)
+    step = build_step(net, pipeline, t, steps_per_epoch, total_steps, device, world, beta)
     optimizer, lr_schedule = step.optimizer, step.lr_schedule
     if state:
         net.load_state_dict(state["model"])
@@ -333,7 +376,7 @@ def _run(cfg: Any, run_dir: Path, compression: Compression, device: torch.device
                         last_log = now
                         bar.set_postfix(loss=f"{loss_value:.4f}", beta=f"{beta.value:.3f}", img_s=f"{speed:.0f}")
                         if tracker:
-                            tracker.log({"train/loss": loss_value, "train/lr": optimizer.param_groups[0]["lr"],
+                            tracker.log({"train/loss": loss_value, "train/lr": float(optimizer.param_groups[0]["lr"]),
                                          "vcon/beta": beta.value, "train/images_per_s": speed}, progress.step)
                     if (stop.requested or overdue) and progress.batch < steps_per_epoch:
                         progress.mix_rng = mix_rng.get_state()
@@ -346,7 +389,7 @@ def _run(cfg: Any, run_dir: Path, compression: Compression, device: torch.device
                 bar.close()
                 seconds = time.perf_counter() - epoch_start
                 metrics = {"epoch": epoch + 1, "step": progress.step, "beta": beta.value,
-                           "loss": progress.loss_sum / steps_per_epoch, "lr": optimizer.param_groups[0]["lr"],
+                           "loss": progress.loss_sum / steps_per_epoch, "lr": float(optimizer.param_groups[0]["lr"]),
                            "images_per_s": (steps_per_epoch - epoch_first_batch) * t.batch_size / seconds}
                 with beta.fixed(0.0):
                     metrics["val_acc_compressed"] = evaluate_on(dataset.val)
