@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Every GPU measurement of the project in one prepared call, for a lent GPU machine whose time is counted:
+# Every GPU measurement of the project, prepared, for a lent GPU machine whose time is counted (a part a device call):
 #   graph   - train.cuda_graph: tests/test_cuda_graph.py's GPU tests (captured steps against eager ones), then
-#             bench/train_speed.py with each step a CUDA graph (compiled bf16), then the offline default run captured
-#             in bf16, 3 seeds (accuracy against precision's). Not measured yet: run it first (about 6 minutes).
+#             bench/train_speed.py with each step a CUDA graph (compiled bf16). Never run yet: run it first, alone
+#             (at most 8 minutes: the tests stop at 3, the table at 5).
+#   graph_precision - the offline default run compiled and captured in bf16, 3 seeds (against precision's), <= 4 min
 #   speed   - bench/train_speed.py: the seven configurations, compiled bf16 (what a run uses) and eager bf16; the
 #             dense model also in eager fp32 (the reference's setting)
 #   precision - the offline default run (vit-micro, Fashion-MNIST, pruning 90 %, VCON) in bf16 and fp32, 3 seeds
 #   export  - bench/export_speed.py on the GPU (2:4 sparse kernels, low-rank factors, packed formats)
 #   torchvision - vcon's RandAugment against torchvision's, op by op (torchvision cannot be installed beside CPU torch)
-# Usage: bash bench/gpu_checks.sh "graph speed precision torchvision export" [results folder, default bench/results]
+# Usage: bash bench/gpu_checks.sh "graph graph_precision speed precision torchvision export" [results folder,
+#        default bench/results]; each part stays under 10 minutes (one device call), two or more may not
 # The machine needs torch, transformers and safetensors; hydra-core, omegaconf and antlr4 (pure Python) can come in
 # a folder on PYTHONPATH (VCON_PYDEPS), and Fashion-MNIST's IDX files in VCON_FASHION_MNIST. With this workplace's
 # device tool, prepare them once in an ignored folder and carry it (".gpu", 32 MB):
@@ -19,7 +21,7 @@
 # Seen on an H200 (2026-11-27): speed ~5 min (7 compiled configurations, 7 eager, 1 fp32), precision ~1 min,
 # export ~3 min, torchvision ~10 s; a machine start ~40 s.
 set -uo pipefail
-what=" ${1:-graph speed precision torchvision export} "
+what=" ${1:-graph graph_precision speed precision torchvision export} "
 out=${2:-bench/results}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH="${VCON_PYDEPS:+$VCON_PYDEPS:}$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -29,11 +31,15 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=c
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 
 if [[ $what == *" graph "* ]]; then
-  timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_cuda_graph.py 2>&1 | tail -25 | tee "$out/cuda_graph_tests.log"
-  timeout 330 python3 bench/train_speed.py --out "$out" --steps 30 --warmup 8 --variants bf16:true:graph 2>&1 \
+  timeout 180 python3 -m pytest -q -p no:cacheprovider tests/test_cuda_graph.py 2>&1 | tail -30 \
+    | tee "$out/cuda_graph_tests.log"
+  timeout 300 python3 bench/train_speed.py --out "$out" --steps 20 --warmup 6 --variants bf16:true:graph 2>&1 \
     | grep -v "^Loading" | tee "$out/train_speed_graph.log"
-  for seed in 0 1 2; do  # side by side, as precision's runs
-    timeout 150 python3 run.py seed=$seed train.precision=bf16 train.cuda_graph=true device=cuda data.root="$fmnist" \
+fi
+
+if [[ $what == *" graph_precision "* ]]; then
+  for seed in 0 1 2; do  # side by side, as precision's runs; compiled and captured, as a CUDA run would be
+    timeout 240 python3 run.py seed=$seed train.precision=bf16 train.cuda_graph=true device=cuda data.root="$fmnist" \
       tracking.wandb.mode=disabled outputs=/tmp/vcon-graph >"/tmp/vcon-graph-$seed.log" 2>&1 &
   done
   wait

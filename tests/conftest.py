@@ -7,7 +7,9 @@ from hydra import compose, initialize_config_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
-FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+# Debian's dataset-fashion-mnist; VCON_FASHION_MNIST names another folder of its IDX files (a GPU machine without it)
+FASHION_MNIST_ROOT = Path(os.environ.get("VCON_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
+FASHION_MNIST = FASHION_MNIST_ROOT / "train-images-idx3-ubyte.gz"
 
 # Tests never wait for the hub: the ones about an unreachable hub set their own environment.
 os.environ.setdefault("HF_HOME", str(ROOT / ".pytest_cache" / "hf"))

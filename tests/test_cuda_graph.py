@@ -11,7 +11,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 
-from conftest import QUICK, make_config, requires_fashion_mnist
+from conftest import FASHION_MNIST_ROOT, QUICK, make_config, requires_fashion_mnist
 from vcon import data, identity, train
 from vcon.blend import drop_originals
 from vcon.compression import from_config
@@ -142,7 +142,8 @@ def losses(steps: int, captured: bool, *overrides: str):
     originals dropped), eager or captured; and the step and model after it."""
     _, net, beta, pipeline, step = build(f"train.cuda_graph={str(captured).lower()}", *overrides, device="cuda",
                                          batch=64)
-    split = data.load(make_config(*QUICK, f"data.train_size={64 * steps}").data).train.to("cuda")
+    split = data.load(make_config(*QUICK, f"data.train_size={64 * steps}", f"data.root={FASHION_MNIST_ROOT}").data
+                      ).train.to("cuda")
     mix_rng = torch.Generator().manual_seed(0)
     torch.manual_seed(0)  # MixUp's λ
     out = []
