@@ -37,7 +37,7 @@ class CapturedStep:
     def __init__(self, fn: Callable[..., torch.Tensor], key: Callable[[], Hashable], warmup: int = 3) -> None:
         self.fn, self.key, self.warmup = fn, key, warmup
         self.stream: torch.cuda.Stream | None = None  # made at the first call: building needs no GPU
-        self.captures = 0  # how many graphs were captured, over the run
+        self.graphs_captured = 0  # how many graphs were captured, over the run
         self._release(None)
 
     def _release(self, key: Hashable) -> None:
@@ -79,6 +79,6 @@ class CapturedStep:
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph, stream=self.stream):
             self.output = self.fn(*self.inputs)
-        self.captures += 1
+        self.graphs_captured += 1
         self.graph.replay()
         return self.output.clone()

@@ -228,12 +228,15 @@ def build_step(net: nn.Module, pipeline: Pipeline, train: Any, steps_per_epoch: 
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     if compiles(train, device):
         log.info("compiled %d blocks with torch.compile", compile_blocks(net))
-    graph_key = None
+
+    def graph_key() -> tuple:  # what a captured step's kernels depend on: β's phase, the parameters trained
+        return beta.phase if beta else None, sum(len(g["params"]) for g in optimizer.param_groups)
+
     if captured:
         optimizer.register_load_state_dict_post_hook(_lr_as_device_tensor)
-        graph_key = lambda: (beta.phase if beta else None, sum(len(g["params"]) for g in optimizer.param_groups))  # noqa: E731
         log.info("each training step replays a CUDA graph (train.cuda_graph=%s)", train.cuda_graph)
-    return Step(net, optimizer, lr_schedule, pipeline, autocast_for(train, device), train, world, graph_key)
+    return Step(net, optimizer, lr_schedule, pipeline, autocast_for(train, device), train, world,
+                graph_key if captured else None)
 
 
 def run(cfg: Any, run_dir: str | Path, on_epoch_end: Callable[[int], None] | None = None, run_name: str | None = None,
