@@ -58,7 +58,8 @@ def main() -> None:
     step = train.build_step(net, pipeline, cfg.train, steps_per_epoch=390, total_steps=60 * 390, device=device)
     images = train_speed.fake_cifar(cfg, device, 10_000)
     index = torch.randint(0, len(images), (128,), device=device)
-    prepared = [pipeline.train_batch(images.images[index], images.labels[index], torch.Generator())]
+    prepared = [pipeline.train_batch(images.images[index], images.labels[index],
+                                     *pipeline.draw_mix(128, torch.Generator()))]
     for _ in range(8):
         step.optimize(prepared)
     torch.cuda.synchronize(device)
