@@ -1,6 +1,7 @@
 """Entry point: ``python run.py [group=option ...] [key=value ...]``; ``-m`` sweeps. The work is ``vcon.train.run``."""
 import json
 import logging
+import shutil
 import sys
 import traceback
 from pathlib import Path
@@ -10,11 +11,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-import vcon  # noqa: F401  (registers the ${asset:...} and ${run_id:} resolvers the configs use)
-from vcon import results, train
+from vcon import config, results, train
+from vcon.atomic import write_atomic
 from vcon.errors import ConfigError
 
 log = logging.getLogger("vcon")
+config.register()  # the ${asset:...} and ${run_id:} resolvers, the schemas and the sweeps conf/ refers to
+# Hydra's own files in a run folder, there before main() runs: a folder holding nothing else has no run in it
+HYDRA_FILES = {".hydra", "run.log", ".lock"}
 
 
 @hydra.main(version_base=None, config_path="conf", config_name="config")
@@ -28,6 +32,7 @@ def main(cfg: DictConfig) -> float | None:
     except ConfigError as error:
         if in_sweep:
             return _record_failure(run_dir, error)
+        _discard_if_empty(run_dir)
         print(f"vcon: error: {error}", file=sys.stderr)
         sys.exit(2)
     except Exception as error:  # noqa: BLE001  (a sweep goes on past a failed job; a single run fails loudly)
@@ -40,10 +45,20 @@ def main(cfg: DictConfig) -> float | None:
     return summary["test_acc"]
 
 
+def _discard_if_empty(run_dir: Path) -> None:
+    """A refused run leaves no folder: remove the one Hydra made for it, but only while it holds nothing but Hydra's
+    files. A folder with anything else (a checkpoint, results, tb/ of an earlier run, or any other file) stays."""
+    try:
+        if {entry.name for entry in run_dir.iterdir()} <= HYDRA_FILES:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    except OSError:  # gone already, or not ours to read: leave it as it is
+        pass
+
+
 def _record_failure(run_dir: Path, error: Exception) -> None:
     """Write the job's error into its folder (the sweep's table lists it) and let the sweep go on."""
     log.error("run failed: %s: %s", type(error).__name__, error)
-    (run_dir / "error.json").write_text(json.dumps(
+    write_atomic(run_dir / "error.json", json.dumps(
         {"error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()}, indent=2))
     return None
 

@@ -14,14 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import types
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForImageClassification, ViTConfig, ViTForImageClassification
 
-from vcon import export, targets
-from vcon.blend import blend_, drop_originals
+from vcon import compress_, export
 from vcon.compression import from_config
 from vcon.model import asset
 
@@ -38,17 +36,12 @@ MODELS = {
         hidden_size=192, num_hidden_layers=12, num_attention_heads=3, intermediate_size=768, image_size=224,
         patch_size=16, num_labels=10)),
 }
-TARGET = types.SimpleNamespace(within="blocks", types=["Linear"], include=["*"], exclude=[])
 
 
 def compressed(build, spec):
+    """The model compressed one-shot (β = 0), every nn.Linear in its blocks: its controller."""
     torch.manual_seed(0)
-    net = build().eval()
-    names = list(targets.select(net, TARGET))
-    compression = from_config(spec)
-    blend_(net, compression, names).value = 0.0
-    drop_originals(net)
-    return net, compression, names
+    return compress_(build().eval(), from_config(spec))
 
 
 def semi_structured(twin: torch.nn.Module, names: list[str]) -> torch.nn.Module:
@@ -62,7 +55,8 @@ def semi_structured(twin: torch.nn.Module, names: list[str]) -> torch.nn.Module:
     return twin
 
 
-def gpu_rows(net, compression, names, folder, label, budget):
+def gpu_rows(controller, folder, label, budget):
+    net, compression, names = controller.model, controller.compression, controller.names
     loaded = export.load(folder, "cuda")
     twin = export.dense_twin(net, compression, names).cuda()
     rows = {}
@@ -108,13 +102,13 @@ def main() -> None:
              "exported execution |", "|---|---|---|---|---|---|---|---|"]
     for model_name in args.models:
         for label, spec in COMPRESSIONS.items():
-            net, compression, names = compressed(MODELS[model_name], spec)
+            controller = compressed(MODELS[model_name], spec)
             with tempfile.TemporaryDirectory() as tmp:
                 folder = Path(tmp) / "export"
-                figures = export.export_model(net, compression, names, folder,
+                figures = export.export_model(controller, folder,
                                               timing_s=args.budget_s if args.device == "cpu" else 0)
                 if args.device == "cuda":
-                    figures["latency"] = gpu_rows(net, compression, names, folder, label, args.budget_s)
+                    figures["latency"] = gpu_rows(controller, folder, label, args.budget_s)
             results["runs"].append({"model": model_name, "compression": label, "figures": figures})
             b, t1, t64 = figures["bytes"], figures["latency"]["batch_1"], figures["latency"]["batch_64"]
             extra = "".join(f"; fp16 dense {t['fp16_dense_ms']:.2f} → 2:4 {t['fp16_semi_structured_ms']:.2f} ms"

@@ -15,9 +15,6 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import train_speed  # bench/train_speed.py: the same configurations, built the same way
-from vcon import train
-from vcon.blend import drop_originals
-from vcon.compression import from_config
 
 
 def launch_latency_us(device: torch.device, n: int = 2000) -> float:
@@ -49,13 +46,8 @@ def main() -> None:
     overrides, beta_value = train_speed.CONFIGS[args.config]
     cfg = train_speed.compose_config(args.model, "paper", [*overrides, f"train.precision={args.precision}",
                                                            f"train.compile={args.compile}"])
-    compression = from_config(cfg.compression)
-    net, _, beta, pipeline = train.build_model(cfg, compression, 10, device)
-    print("attention implementation:", net.config._attn_implementation)
-    beta.value = beta_value
-    if beta_value == 0:
-        drop_originals(net)
-    step = train.build_step(net, pipeline, cfg.train, steps_per_epoch=390, total_steps=60 * 390, device=device)
+    controller, pipeline, step = train_speed.build(cfg, beta_value, device)
+    print("attention implementation:", controller.model.config._attn_implementation)
     images = train_speed.fake_cifar(cfg, device, 10_000)
     index = torch.randint(0, len(images), (128,), device=device)
     prepared = [pipeline.train_batch(images.images[index], images.labels[index],

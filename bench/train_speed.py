@@ -36,11 +36,11 @@ sys.path.insert(0, str(ROOT))
 
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-import vcon  # noqa: E402,F401  (registers the config resolvers)
-from vcon import data, train  # noqa: E402
-from vcon.blend import drop_originals  # noqa: E402
+from vcon import Controller, config, data, train, train_step  # noqa: E402
+from vcon.augment import Pipeline  # noqa: E402
 from vcon.cuda_graph import CapturedStep  # noqa: E402
 from vcon.compression import from_config  # noqa: E402
+from vcon.schedule import Schedule  # noqa: E402
 
 # name -> (compression overrides, β while timed); the names are the reference's, "vanilla" being ours "dense"
 CONFIGS = {
@@ -74,6 +74,7 @@ def timed(fn, steps: int, device: torch.device, repeats: int) -> float:
 
 
 def compose_config(model: str, recipe: str, extra: list[str]):
+    config.register()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
         return compose(config_name="config", overrides=[f"model={model}", f"train={recipe}",
                                                         "tracking.wandb.mode=disabled", *extra])
@@ -89,6 +90,17 @@ def fake_cifar(cfg, device: torch.device, n: int) -> data.Split:
                       torch.randint(0, 10, (n,), generator=g)).to(device)
 
 
+def build(cfg, beta_value: float, device: torch.device) -> tuple[Controller, Pipeline, train_step.Step]:
+    """What a run builds (ViT, controller, pipeline, the step over 60 epochs of 390 steps), with β held at
+    ``beta_value`` (1, 0.5 or 0): a two-step linear schedule, moved by the controller as a run moves it."""
+    controller, pipeline = train.build_model(cfg, from_config(cfg.compression), 10, device, Schedule("linear", 2))
+    for _ in range(round(2 * (1 - beta_value))):
+        controller.step()  # at 0: the originals are dropped
+    step = train_step.build_step(controller.model, pipeline, cfg.train, steps_per_epoch=390, total_steps=60 * 390,
+                                 device=device, beta=controller.beta)
+    return controller, pipeline, step
+
+
 def measure(name: str, args, device: torch.device, precision: str, compile_: bool, graph: bool) -> dict:
     overrides, beta_value = CONFIGS[name]
     cfg = compose_config(args.model, args.recipe, [*overrides, f"train.precision={precision}",
@@ -97,13 +109,7 @@ def measure(name: str, args, device: torch.device, precision: str, compile_: boo
                                                    f"train.batch_size={args.batch}"])
     torch._dynamo.reset()  # every configuration compiles afresh: no cache entries left over from the last one
     torch.manual_seed(0)
-    compression = from_config(cfg.compression)
-    net, _, beta, pipeline = train.build_model(cfg, compression, 10, device)
-    beta.value = beta_value
-    if beta_value == 0:
-        drop_originals(net)
-    step = train.build_step(net, pipeline, cfg.train, steps_per_epoch=390, total_steps=60 * 390, device=device,
-                            beta=beta)
+    _, pipeline, step = build(cfg, beta_value, device)
     images = fake_cifar(cfg, device, args.images)
     mix_rng = torch.Generator().manual_seed(0)
 

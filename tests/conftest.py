@@ -23,7 +23,9 @@ QUICK = ["data.train_size=512", "data.val_size=256", "data.test_size=512", "trai
 
 def make_config(*overrides: str):
     """The real config tree composed by Hydra, as run.py would, with these overrides."""
-    import vcon  # noqa: F401  (registers the ${asset:...} resolver)
+    from vcon import config
+
+    config.register()  # the ${asset:...} and ${run_id:} resolvers, the schemas, the sweeps
 
     with initialize_config_dir(config_dir=str(CONF), version_base=None):
         return compose(config_name="config", overrides=list(overrides))

@@ -12,10 +12,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 
 from conftest import FASHION_MNIST_ROOT, QUICK, make_config, requires_fashion_mnist
-from vcon import data, identity, train
+from vcon import data, identity, lr_schedule, train, train_step
 from vcon.blend import drop_originals
 from vcon.compression import from_config
 from vcon.errors import ConfigError
+from vcon.schedule import Schedule
 
 # operations that read a device value on the host, or whose output shape depends on the data
 HOST_READS = ("_local_scalar_dense", "item", "nonzero", "masked_select", "unique")
@@ -42,9 +43,11 @@ def build(*overrides: str, device: str = "cpu", batch: int = 16):
     cfg = make_config("model=vit-micro-scratch", "train=paper", f"train.batch_size={batch}", "train.cuda_graph=true",
                       "tracking.wandb.mode=disabled", *overrides)
     torch.manual_seed(0)
-    net, _, beta, pipeline = train.build_model(cfg, from_config(cfg.compression), 10, torch.device(device))
-    step = train.build_step(net, pipeline, cfg.train, 10, 100, torch.device(device), beta=beta)
-    return cfg, net, beta, pipeline, step
+    controller, pipeline = train.build_model(cfg, from_config(cfg.compression), 10, torch.device(device),
+                                             Schedule("linear", 100))  # β is set by hand below
+    step = train_step.build_step(controller.model, pipeline, cfg.train, 10, 100, torch.device(device),
+                                 beta=controller.beta)
+    return cfg, controller.model, controller.beta, pipeline, step
 
 
 def logged_step(step, pipeline, batch: int, mix_rng: torch.Generator) -> list[tuple[str, str]]:
@@ -89,15 +92,15 @@ def test_the_learning_rate_is_one_device_tensor_filled_in_place_even_after_a_res
     cfg, net, beta, pipeline, step = build("compression=prune")
     lr = step.optimizer.param_groups[0]["lr"]
     assert isinstance(lr, torch.Tensor) and step.optimizer.param_groups[0]["capturable"]
-    factor = train.WarmupCosine(round(cfg.train.warmup_epochs * 10), 100, cfg.train.warmup_start_lr / cfg.train.lr,
-                                cfg.train.min_lr / cfg.train.lr)
+    factor = lr_schedule.WarmupCosine(round(cfg.train.warmup_epochs * 10), 100,
+                                      cfg.train.warmup_start_lr / cfg.train.lr, cfg.train.min_lr / cfg.train.lr)
     for i in range(1, 4):
         step.lr_schedule.step()
         assert step.optimizer.param_groups[0]["lr"] is lr
         assert float(lr) == pytest.approx(cfg.train.lr * factor(i))
     saved = step.optimizer.state_dict()
-    eager = train.build_step(net, pipeline, make_config("model=vit-micro-scratch", "train=paper").train, 10, 100,
-                             torch.device("cpu"), beta=beta)  # a run checkpointed without graphs: a float lr
+    eager = train_step.build_step(net, pipeline, make_config("model=vit-micro-scratch", "train=paper").train, 10,
+                                  100, torch.device("cpu"), beta=beta)  # a run checkpointed without graphs: a float lr
     assert isinstance(eager.optimizer.param_groups[0]["lr"], float)
     for state in (saved, eager.optimizer.state_dict()):
         _, _, _, _, resumed = build("compression=prune")

@@ -10,14 +10,12 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import QUICK, ROOT, make_config, requires_fashion_mnist
-from vcon import data, export, model, targets, train
+from vcon import compress_, data, export, model, train
 from vcon.augment import Pipeline
-from vcon.blend import blend_, drop_originals
 from vcon.compression import from_config
 from vcon.errors import ExportError
 
 pytestmark = requires_fashion_mnist
-TARGET = OmegaConf.create({"within": "blocks", "types": ["Linear"], "include": ["*"], "exclude": []})
 FORMATS = {
     "prune 0.9": {"name": "prune", "ratio": 0.9},
     "prune row 0.5": {"name": "prune", "ratio": 0.5, "granularity": "row"},
@@ -44,12 +42,10 @@ def accuracy(net, images, labels):
 
 
 def compressed_micro(spec):
-    net = model.build(make_config().model, 10)
-    names = list(targets.select(net, TARGET))
-    compression = from_config(spec)
-    blend_(net, compression, names).value = 0.0
-    drop_originals(net)
-    return net.eval(), compression, names
+    """The shipped vit-micro compressed one-shot: the controller of its β = 0 model."""
+    controller = compress_(model.build(make_config().model, 10), from_config(spec))
+    controller.model.eval()
+    return controller
 
 
 def assert_no_dense_copy(folder):
@@ -65,8 +61,9 @@ def assert_no_dense_copy(folder):
 
 @pytest.mark.parametrize("spec", FORMATS.values(), ids=FORMATS.keys())
 def test_round_trip_of_each_format(tmp_path, spec, test_images):
-    net, compression, names = compressed_micro(spec)
-    figures = export.export_model(net, compression, names, tmp_path / "export", timing_s=0)
+    controller = compressed_micro(spec)
+    net = controller.model
+    figures = export.export_model(controller, tmp_path / "export", timing_s=0)
     loaded = export.load(tmp_path / "export")
     images, labels = (t[:256] for t in test_images)
     want, want_acc = accuracy(net, images, labels)
@@ -86,12 +83,11 @@ def test_round_trip_of_each_format(tmp_path, spec, test_images):
 
 
 def test_binary_is_one_bit_per_weight_and_positions_are_near_their_entropy(tmp_path):
-    net, compression, names = compressed_micro(FORMATS["binary"])
-    b = export.export_model(net, compression, names, tmp_path / "b", timing_s=0)["bytes"]
-    shapes = [net.get_submodule(n).weight.shape for n in names]
+    controller = compressed_micro(FORMATS["binary"])
+    b = export.export_model(controller, tmp_path / "b", timing_s=0)["bytes"]
+    shapes = [controller.model.get_submodule(n).weight.shape for n in controller.names]
     assert b["compressed_layers"] == sum(o * i // 8 + 4 + 4 * o for o, i in shapes)  # signs, scale, bias: no more
-    net, compression, names = compressed_micro(FORMATS["prune 0.9"])
-    f = export.export_model(net, compression, names, tmp_path / "p", timing_s=0)
+    f = export.export_model(compressed_micro(FORMATS["prune 0.9"]), tmp_path / "p", timing_s=0)
     assert f["storage"] == {"elias-fano+fp32": 24} and f["bytes"]["ratio_to_minimum"] < 1.02
     assert f["params"]["after"] == sum(o * i - round(0.9 * o * i) for o, i in shapes)
     assert f["mult_adds_per_image"]["after"] * 10 == pytest.approx(f["mult_adds_per_image"]["before"], rel=1e-3)
@@ -142,7 +138,7 @@ def dense(run_dir):
 
 def half_beta(path):
     state = torch.load(path, weights_only=False)
-    torch.save(state | {"beta": 0.5, "finished": False}, path)
+    torch.save(state | {"controller": state["controller"] | {"beta": 0.5}, "finished": False}, path)
 
 
 def truncate(path):
@@ -175,8 +171,7 @@ def test_bad_input_is_refused_and_nothing_is_written(run_dir, tmp_path, spoil, m
 
 
 def test_the_loader_needs_no_hydra_omegaconf_wandb_or_kornia(tmp_path):
-    net, compression, names = compressed_micro(FORMATS["prune 0.9 + binary"])
-    export.export_model(net, compression, names, tmp_path / "e", timing_s=0)
+    export.export_model(compressed_micro(FORMATS["prune 0.9 + binary"]), tmp_path / "e", timing_s=0)
     code = ("import sys\nfor m in ('hydra', 'omegaconf', 'wandb', 'kornia'): sys.modules[m] = None\n"
             "import torch\nfrom vcon.export import load\n"
             f"m = load({str(tmp_path / 'e')!r})\nprint(m(pixel_values=torch.zeros(2, 1, 28, 28)).logits.shape)")

@@ -1,6 +1,7 @@
 """Results people can see: vcon-report's Markdown and PNGs, and the notebook, run headlessly on a real small sweep."""
 import json
 import os
+import shutil
 import subprocess
 
 import pytest
@@ -38,9 +39,17 @@ def test_vcon_report_writes_a_table_and_plots(small_sweep):
 
 def test_report_of_a_single_run_and_of_nothing(small_sweep, tmp_path):
     one = next(small_sweep.glob("*_quant-q1_s0_*"))
+    beside = tmp_path / "runs"  # the run among other run folders, one of them refused and left unfinished
+    shutil.copytree(one, beside / one.name)
+    shutil.copytree(one / ".hydra", beside / "refused" / ".hydra")
+    one = beside / one.name
     assert subprocess.run(["vcon-report", str(one)], capture_output=True).returncode == 0
     assert (one / "report" / "accuracy_per_epoch.png").exists()
-    empty = subprocess.run(["vcon-report", str(tmp_path)], capture_output=True, text=True)
+    report = (one / "report" / "report.md").read_text()
+    assert report.count("| vit-micro |") == 1 and "refused" not in report and "Not finished" not in report
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    empty = subprocess.run(["vcon-report", str(empty)], capture_output=True, text=True)
     assert empty.returncode != 0 and "no finished run" in empty.stderr
 
 

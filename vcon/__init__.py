@@ -1,15 +1,18 @@
-"""Vanishing Contributions: compress a network by fading each block into its compressed form while fine-tuning."""
+"""Vanishing Contributions: compress a network by fading each block into its compressed form while fine-tuning.
+
+The library, for any training loop (torch and transformers only; Hydra is the ``run.py`` app's)::
+
+    from vcon import compress_, Prune, Schedule
+    controller = compress_(model, Prune(ratio=0.9), schedule=Schedule("linear", q_steps=384))
+    ...                                   # after each optimizer step:
+    controller.step(optimizer)
+"""
+from vcon.compression.chain import Chain
+from vcon.compression.lrd import LowRank
+from vcon.compression.prune import Prune
+from vcon.compression.quant import Quant
+from vcon.controller import Controller, compress_
+from vcon.schedule import Schedule
+
 __version__ = "0.1.0"
-
-try:
-    from omegaconf import OmegaConf
-except ImportError:  # an exported model's runtime (vcon.export.load, vcon.compression) needs torch + transformers only
-    OmegaConf = None
-
-if OmegaConf is not None:
-    from vcon import identity  # noqa: F401  (registers ${run_id:}, used by the run and sweep folders)
-    from vcon.model import asset
-    from vcon.sweep import register_sweeps
-
-    OmegaConf.register_new_resolver("asset", asset, replace=True)
-    register_sweeps()
+__all__ = ["Chain", "Controller", "LowRank", "Prune", "Quant", "Schedule", "compress_"]

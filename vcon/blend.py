@@ -37,6 +37,9 @@ class Beta:
         self.phase = "original" if value >= 1 else "compressed" if value <= 0 else "blend"
         self.tensor.fill_(self._value)  # in place: compiled graphs keep reading the same tensor
 
+    def __float__(self) -> float:
+        return self._value
+
     @contextlib.contextmanager
     def fixed(self, value: float) -> Iterator[None]:
         """Temporarily evaluate at another β (e.g. the fully compressed model during the transition)."""
@@ -138,19 +141,17 @@ def blend_(model: nn.Module, compression: Compression, names: list[str], beta: B
     if beta is None:
         first = next(iter(model.parameters()), None)
         beta = Beta(device=first.device if first is not None else None)
-    if compression.identity:
+    if compression.dense:
         return beta
     for name in names:
-        parent_name, _, attr = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        original = getattr(parent, attr)
+        original = model.get_submodule(name)
         if isinstance(compression, WeightCompression):
             blended = BlendedLinear(original, compression, beta)
         elif isinstance(compression, ModuleCompression):
             blended = BlendedBranches(original, compression.build(original), beta)
         else:
             raise TypeError(f"{type(compression).__name__} is neither a weight nor a module compression")
-        setattr(parent, attr, blended)
+        model.set_submodule(name, blended)
     if isinstance(compression, WeightCompression):
         _precompute_around_forward(model, [model.get_submodule(name) for name in names], compression, beta)
     return beta

@@ -1,7 +1,6 @@
 """Checkpoints with the full training state, written atomically: a kill at any moment leaves the previous one."""
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -9,19 +8,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from vcon.atomic import write_atomic
+
 FILENAME = "checkpoint.pt"
 
 
 def save(state: dict[str, Any], run_dir: Path) -> Path:
-    """Write to a temporary file in the same folder, flush it to disk, then rename over the old checkpoint."""
-    path = Path(run_dir) / FILENAME
-    tmp = path.with_name(f".{FILENAME}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    """Atomically: a kill while saving leaves the previous checkpoint."""
+    return write_atomic(Path(run_dir) / FILENAME, lambda f: torch.save(state, f))
 
 
 def load(run_dir: Path) -> dict[str, Any] | None:

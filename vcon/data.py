@@ -64,7 +64,6 @@ def check(cfg: Any) -> None:
     """Cheap checks of the ``data`` config, before anything is loaded."""
     require(cfg.name in LOADERS, "data.name", cfg.name, f"one of {sorted(LOADERS)}")
     require(isinstance(cfg.val_size, int) and cfg.val_size > 0, "data.val_size", cfg.val_size, "an integer > 0")
-    size = cfg.get("train_size")
     for key in ("train_size", "test_size"):
         size = cfg.get(key)
         require(size is None or (isinstance(size, int) and size > 0), f"data.{key}", size,

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from vcon.compression import Compression, Packed, from_config, to_config
+from vcon.controller import Controller, compress_
 from vcon.errors import ExportError
 
 CONFIG, WEIGHTS, FIGURES = "config.json", "model.safetensors", "export.json"
@@ -60,8 +61,7 @@ def load(folder: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     compression = from_config(spec["compression"])
     for name, meta in spec["layers"].items():
         own = {key[len(name) + 1:]: tensors.pop(key) for key in list(tensors) if key.startswith(name + ".")}
-        parent, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent), attr, compression.unpack(Packed(own, meta, 0, 0)))
+        model.set_submodule(name, compression.unpack(Packed(own, meta, 0, 0)))
     _, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
     empty = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if unexpected or empty:
@@ -70,23 +70,21 @@ def load(folder: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     return model.eval().to(device)
 
 
-def export_model(net: nn.Module, compression: Compression, names: list[str], out: str | Path,
-                 timing_s: float = 1.0) -> dict[str, Any]:
-    """Export a blended model at β = 0 (``names``: its compressed modules) into the new folder ``out``; returns the
-    figures (also in ``out/export.json``). ``timing_s``: seconds per latency measurement (0: no timing)."""
+def export_model(controller: Controller, out: str | Path, timing_s: float = 1.0) -> dict[str, Any]:
+    """Export the β = 0 model of ``controller`` (``controller.finalize()`` ends a transition early) into the new
+    folder ``out``; returns the figures (also in ``out/export.json``). ``timing_s``: seconds per latency measurement
+    (0: no timing)."""
     from safetensors.torch import save_file
-
-    from vcon.blend import BlendedBranches, BlendedLinear
 
     out = Path(out)
     check_target(out)
-    if compression.identity:
-        raise ExportError("compression=none has nothing compressed to export; a dense run is saved in "
-                          "transformers format with save_pretrained=true")
-    betas = {m.beta.value for m in net.modules() if isinstance(m, (BlendedLinear, BlendedBranches))}
-    if betas != {0.0}:
-        raise ExportError(f"the model is at β = {sorted(betas)}, not 0: only the fully compressed model is exported")
-    net = copy.deepcopy(net).cpu().eval()
+    compression, names = controller.compression, controller.names
+    if compression.dense:
+        raise ExportError(_NOTHING_TO_EXPORT)
+    if controller.beta.value != 0:
+        raise ExportError(f"the model is at β = {controller.beta.value:.4f}, not 0: only the fully compressed model "
+                          "is exported (controller.finalize() ends the transition)")
+    net = copy.deepcopy(controller.model).cpu().eval()
     packs = {name: compression.pack(net.get_submodule(name)) for name in names}
     tensors = {k: v for k, v in net.state_dict().items() if not any(k.startswith(n + ".") for n in names)}
     tensors |= {f"{name}.{k}": v for name, p in packs.items() for k, v in p.tensors.items()}
@@ -110,6 +108,10 @@ def export_model(net: nn.Module, compression: Compression, names: list[str], out
     return figures
 
 
+_NOTHING_TO_EXPORT = ("compression=none has nothing compressed to export; a dense run is saved in transformers "
+                      "format with save_pretrained=true")
+
+
 def check_target(out: Path) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ExportError(f"export target {out} is not empty; allowed: a new or empty folder (--out DIR)")
@@ -126,14 +128,13 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, timing_s: flo
         raise ExportError(f"{run_dir} is not a run folder: it has no .hydra/config.yaml")
     from omegaconf import OmegaConf
 
-    from vcon import checkpoint, identity, model, results, targets
-    from vcon.blend import blend_, drop_originals
+    from vcon import checkpoint, config, identity, model, results, targets
 
+    config.register()  # Hydra saves the config unresolved: ${asset:...} needs its resolver
     cfg = OmegaConf.load(config_file)
     compression = from_config(cfg.compression)
-    if compression.identity:
-        raise ExportError("compression=none has nothing compressed to export; a dense run is saved in "
-                          "transformers format with save_pretrained=true")
+    if compression.dense:
+        raise ExportError(_NOTHING_TO_EXPORT)
     path = run_dir / checkpoint.FILENAME
     if not path.is_file():
         raise ExportError(f"{run_dir} has no {checkpoint.FILENAME}: the run has not reached β = 0")
@@ -141,25 +142,23 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, timing_s: flo
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # truncated, overwritten, not a torch file: all the same to the user
         raise ExportError(f"{path} is corrupted or unreadable ({type(e).__name__}: {str(e)[:200]})") from e
-    if not isinstance(state, dict) or not {"identity", "model", "beta", "finished"} <= set(state):
-        raise ExportError(f"{path} is not a vcon checkpoint (expected the keys identity, model, beta, finished)")
+    if not isinstance(state, dict) or not {"identity", "model", "controller", "finished"} <= set(state):
+        raise ExportError(f"{path} is not a vcon checkpoint (expected the keys identity, model, controller, "
+                          "finished)")
     if state["identity"] != identity.identity(cfg):
         raise ExportError(f"{path} is a checkpoint of another run than {config_file} describes (foreign checkpoint)")
-    if state["beta"] != 0:
-        raise ExportError(f"the run in {run_dir} is at β = {state['beta']:.4f}, not 0: only the fully compressed "
-                          "model can be exported; finish the run first (the same command resumes it)")
+    if state["controller"]["beta"] != 0:
+        raise ExportError(f"the run in {run_dir} is at β = {state['controller']['beta']:.4f}, not 0: only the fully "
+                          "compressed model can be exported; finish the run first (the same command resumes it)")
     head = [v for v in state["model"].values() if v.dim() == 2][-1]  # the classifier: its rows are the classes
     net = model.build(cfg.model, head.shape[0])
-    names = list(targets.select(net, cfg.target))
-    beta = blend_(net, compression, names)
-    beta.value = 0.0
-    drop_originals(net)
+    controller = compress_(net, compression, filter_fn=targets.from_config(net, cfg.target))  # one-shot: β = 0
     try:
         net.load_state_dict(state["model"])
     except RuntimeError as e:
         raise ExportError(f"{path} does not fit the model {run_dir}/.hydra/config.yaml builds (foreign "
                           f"checkpoint): {str(e)[:300]}") from e
-    figures = export_model(net, compression, names, out, timing_s)
+    figures = export_model(controller, out, timing_s)
     if (run_dir / "results.json").exists():
         summary = json.loads((run_dir / "results.json").read_text())
         results.write(summary | {"export": figures | {"folder": str(out)}}, run_dir)
@@ -183,8 +182,7 @@ def dense_twin(net: nn.Module, compression: Compression, names: list[str]) -> nn
             linear.weight.copy_(weight)
             if bias is not None:
                 linear.bias.copy_(bias)
-            parent, _, attr = name.rpartition(".")
-            setattr(twin.get_submodule(parent), attr, linear)
+            twin.set_submodule(name, linear)
     return twin.eval()
 
 

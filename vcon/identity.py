@@ -45,13 +45,6 @@ def run_id(cfg: DictConfig) -> str:
     return f"{ident['model']['name']}_{ident['data']['name']}_{compression}_s{ident['seed']}_{digest}"
 
 
-def _resolver(*, _root_: DictConfig) -> str:
-    return run_id(_root_)
-
-
-OmegaConf.register_new_resolver("run_id", _resolver, replace=True)
-
-
 @contextlib.contextmanager
 def exclusive(run_dir: Path) -> Iterator[None]:
     """Hold the run folder's lock: a second process with the same identity (the same run in two sweeps, or a sweep

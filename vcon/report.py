@@ -18,15 +18,13 @@ from typing import Any
 import matplotlib.pyplot as plt
 
 from vcon import sweep
-from vcon.schedule import Schedule
+from vcon.schedule import Schedule, transition_length
 
 
 def load(path: Path) -> list[dict[str, Any]]:
     """The finished runs in ``path``: a run folder, or a folder of run folders (a sweep, ``outputs/runs``)."""
     path = Path(path)
-    runs = sweep.collect(path.parent) if (path / "results.json").exists() else sweep.collect(path)
-    if (path / "results.json").exists():
-        runs = [r for r in runs if r["dir"] == path.name]
+    runs = [sweep.read_run(path)] if (path / "results.json").exists() else sweep.collect(path)
     done = [r for r in runs if r["status"] == "done"]
     if not done:
         raise SystemExit(f"vcon-report: no finished run (results.json) in {path} or the folders below it")
@@ -37,9 +35,8 @@ def _q_epochs(run: dict[str, Any]) -> float | None:
     vcon = run["identity"].get("vcon")
     if vcon is None:
         return None
-    if vcon.get("steps") is not None:
-        return vcon["steps"] / run["results"]["steps_per_epoch"]
-    return vcon["epochs"]
+    q, unit = transition_length(vcon)
+    return q / run["results"]["steps_per_epoch"] if unit == "steps" else q
 
 
 def _by(runs: list[dict[str, Any]], key) -> dict[Any, list[dict[str, Any]]]:
@@ -49,8 +46,13 @@ def _by(runs: list[dict[str, Any]], key) -> dict[Any, list[dict[str, Any]]]:
     return dict(groups)
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+def _labelled(fig: plt.Figure, ax: plt.Axes, **labels: str) -> plt.Figure:
+    """The finishing touches every single-panel line plot here gets: labels, a light grid, the legend."""
+    ax.set(**labels)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
 def accuracy_per_epoch(runs: list[dict[str, Any]]) -> plt.Figure:
@@ -64,7 +66,7 @@ def accuracy_per_epoch(runs: list[dict[str, Any]]) -> plt.Figure:
         for transition, group in sorted(_by(members, lambda r: sweep.describe(r["identity"])[1]).items()):
             curves = [[h["val_acc_compressed"] for h in r["results"]["history"]] for r in group]
             length = min(map(len, curves))
-            stats = [_mean_std([c[i] for c in curves]) for i in range(length)]
+            stats = [sweep.mean_std([c[i] for c in curves]) for i in range(length)]
             epochs = range(1, length + 1)
             mean = [m for m, _ in stats]
             ax.plot(epochs, mean, marker="o", ms=3, label=f"{transition} (n={len(group)})")
@@ -111,13 +113,9 @@ def accuracy_vs_q(runs: list[dict[str, Any]]) -> plt.Figure | None:
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for name, by_q in sorted(series.items()):
         qs = sorted(by_q)
-        stats = [_mean_std([r["results"]["test_acc"] for r in by_q[q]]) for q in qs]
+        stats = [sweep.mean_std([r["results"]["test_acc"] for r in by_q[q]]) for q in qs]
         ax.errorbar(qs, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", capsize=3, label=name)
-    ax.set(xlabel="Q (epochs; 0 = one-shot)", ylabel="test accuracy at β = 0 (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+    return _labelled(fig, ax, xlabel="Q (epochs; 0 = one-shot)", ylabel="test accuracy at β = 0 (%)")
 
 
 def beta_curves(runs: list[dict[str, Any]]) -> plt.Figure | None:
@@ -136,11 +134,7 @@ def beta_curves(runs: list[dict[str, Any]]) -> plt.Figure | None:
     for (shape, q, _), (schedule, total) in sorted(schedules.items()):
         steps = range(total + 1)
         ax.plot(steps, [schedule.beta(t) for t in steps], label=f"{shape}, Q = {q} steps")
-    ax.set(xlabel="optimizer step", ylabel="β (1 = original, 0 = compressed)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+    return _labelled(fig, ax, xlabel="optimizer step", ylabel="β (1 = original, 0 = compressed)")
 
 
 PLOTS = {"accuracy_per_epoch": accuracy_per_epoch, "gain": gains, "accuracy_vs_q": accuracy_vs_q,
@@ -156,7 +150,7 @@ def write(path: Path) -> Path:
     single = (path / "results.json").exists()
     if not single:
         sweep.write(path)  # summary.md and summary.csv, brought up to date
-    every = sweep.collect(path.parent if single else path)
+    every = runs if single else sweep.collect(path)  # a sweep's table also lists its unfinished and failed runs
     lines = [f"# VCON report: {path.name}", "", sweep.markdown(sweep.summarize(runs), every), ""]
     for name, plot in PLOTS.items():
         fig = plot(runs)

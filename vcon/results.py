@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from vcon.atomic import write_atomic
 from vcon.blend import BlendedBranches, BlendedLinear
 from vcon.compression import Compression, Footprint
 
@@ -47,11 +47,7 @@ def figures(net: nn.Module, compression: Compression, names: list[str]) -> dict[
 
 
 def write(summary: dict[str, Any], run_dir: Path) -> Path:
-    path = Path(run_dir) / "results.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, path)
-    return path
+    return write_atomic(Path(run_dir) / "results.json", json.dumps(summary, indent=2))
 
 
 def table(summary: dict[str, Any], title: str) -> str:

@@ -20,9 +20,22 @@ _PARAMS = {"exp": ("rate",), "step": ("stages",)}
 
 @dataclasses.dataclass(frozen=True)
 class Schedule:
+    """β over the optimizer steps: ``Schedule("linear", q_steps=384)`` is the paper's ``max(1 − t/Q, 0)``.
+    ``params``: ``rate`` for ``exp``, ``stages`` for ``step``."""
+
     shape: str
     q_steps: int  # Q in optimizer steps; 0 is one-shot compression
     params: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        require(self.shape in SHAPES, "vcon.shape", self.shape, f"one of {sorted(SHAPES)}")
+        require(isinstance(self.q_steps, int) and self.q_steps >= 0, "vcon.steps", self.q_steps, "an integer >= 0")
+        allowed = _PARAMS.get(self.shape, ())
+        require(set(self.params) <= set(allowed), f"the parameters of vcon.shape={self.shape}", sorted(self.params),
+                f"a subset of {list(allowed)}")
+        rate, stages = self.params.get("rate", 5.0), self.params.get("stages", 4)
+        require(isinstance(rate, (int, float)) and rate > 0, "vcon.rate", rate, "a positive decay rate")
+        require(isinstance(stages, int) and stages >= 1, "vcon.stages", stages, "an integer >= 1")
 
     def beta(self, step: int) -> float:
         if step >= self.q_steps:
@@ -30,25 +43,31 @@ class Schedule:
         return min(1.0, max(0.0, SHAPES[self.shape](step / self.q_steps, **self.params)))
 
 
-def from_config(cfg: Any, steps_per_epoch: int, total_steps: int) -> Schedule:
-    """Build the schedule from ``vcon`` settings. Q is ``vcon.steps`` if set, else ``vcon.epochs`` converted to
-    optimizer steps (``steps_per_epoch`` already counts gradient accumulation)."""
-    require(cfg.shape in SHAPES, "vcon.shape", cfg.shape, f"one of {sorted(SHAPES)}")
+ONE_SHOT = Schedule("linear", 0)  # compress at once, then fine-tune
+
+
+def transition_length(cfg: Any) -> tuple[float, str]:
+    """Q as the ``vcon`` settings give it: ``(vcon.steps, "steps")`` when set, else ``(vcon.epochs, "epochs")``."""
     if cfg.get("steps") is not None:
-        require(isinstance(cfg.steps, int) and cfg.steps >= 0, "vcon.steps", cfg.steps, "an integer >= 0")
-        q_steps, asked = cfg.steps, f"vcon.steps={cfg.steps}"
+        return cfg["steps"], "steps"
+    return cfg["epochs"], "epochs"
+
+
+def from_config(cfg: Any, steps_per_epoch: int, total_steps: int) -> Schedule:
+    """Build the schedule from ``vcon`` settings. Q in epochs is converted to optimizer steps (``steps_per_epoch``
+    already counts gradient accumulation)."""
+    require(cfg.shape in SHAPES, "vcon.shape", cfg.shape, f"one of {sorted(SHAPES)}")
+    q, unit = transition_length(cfg)
+    if unit == "steps":
+        require(isinstance(q, int) and q >= 0, "vcon.steps", q, "an integer >= 0")
+        q_steps = q
     else:
-        require(isinstance(cfg.epochs, (int, float)) and cfg.epochs >= 0, "vcon.epochs", cfg.epochs,
+        require(isinstance(q, (int, float)) and q >= 0, "vcon.epochs", q,
                 "a number of epochs >= 0 (0 is one-shot compression)")
-        q_steps, asked = round(cfg.epochs * steps_per_epoch), f"vcon.epochs={cfg.epochs}"
+        q_steps = round(q * steps_per_epoch)
     if q_steps > total_steps:
-        raise ConfigError(f"{asked} is {q_steps} optimizer steps, longer than the run's {total_steps} "
+        raise ConfigError(f"vcon.{unit}={q} is {q_steps} optimizer steps, longer than the run's {total_steps} "
                           f"({total_steps // max(steps_per_epoch, 1)} epochs of {steps_per_epoch}); "
                           "allowed: at most the run's length (raise train.epochs or lower Q)")
     params = {k: cfg[k] for k in _PARAMS.get(cfg.shape, ()) if cfg.get(k) is not None}
-    if cfg.shape == "exp":
-        require(params.get("rate", 5.0) > 0, "vcon.rate", params.get("rate"), "a positive decay rate")
-    if cfg.shape == "step":
-        stages = params.get("stages", 4)
-        require(isinstance(stages, int) and stages >= 1, "vcon.stages", stages, "an integer >= 1")
     return Schedule(cfg.shape, q_steps, params)

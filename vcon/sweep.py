@@ -4,6 +4,7 @@ callback) and again by ``vcon-report <sweep dir>``."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import statistics
 import sys
@@ -14,7 +15,12 @@ from hydra.core.config_store import ConfigStore
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
+from vcon import config
+from vcon.atomic import write_atomic
+from vcon.compression import from_config
+from vcon.errors import ConfigError
 from vcon.identity import identity
+from vcon.schedule import transition_length
 
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
 
@@ -27,48 +33,44 @@ def register_sweeps() -> None:
 
 
 def describe(ident: dict[str, Any]) -> tuple[str, str]:
-    """(compression, transition) in words: ('prune 0.9 layer', 'VCON Q=3 ep')."""
-    def one(c: dict[str, Any]) -> str:
-        name = c["name"]
-        if name == "prune":
-            return f"prune {c['ratio']:g} {c['granularity']}"
-        if name == "quant":
-            return "binary" if c["bits"] == 1 else f"{c['bits']}-bit"
-        if name == "lrd":
-            return f"low rank {c['rank']}"
-        if name == "chain":
-            return " + ".join(one(dict(step)) for step in c["steps"])
-        return "dense" if name == "none" else name
-
-    compression = one(ident["compression"])
+    """(compression, transition) in words: ('prune 0.9 layer', 'VCON Q=3 ep linear'); each compression names
+    itself (``Compression.describe``)."""
+    try:
+        compression = from_config(ident["compression"]).describe()
+    except ConfigError:  # a run refused for its settings still gets a row (and its error)
+        compression = f"{ident['compression'].get('name')} (refused settings)"
     vcon = ident.get("vcon")
     if vcon is None:
         return compression, "–"
-    q = f"{vcon['steps']} steps" if vcon.get("steps") is not None else f"{vcon['epochs']:g} ep"
-    one_shot = (vcon.get("steps") if vcon.get("steps") is not None else vcon["epochs"]) == 0
-    return compression, "one-shot" if one_shot else f"VCON Q={q} {vcon['shape']}"
+    q, unit = transition_length(vcon)
+    if q == 0:
+        return compression, "one-shot"
+    return compression, f"VCON Q={q} steps {vcon['shape']}" if unit == "steps" else f"VCON Q={q:g} ep {vcon['shape']}"
+
+
+def read_run(run_dir: Path) -> dict[str, Any]:
+    """One run folder: its identity, and its results, error, or neither (unfinished)."""
+    config.register()  # Hydra saves the config unresolved: ${asset:...} needs its resolver
+    ident = identity(OmegaConf.load(run_dir / ".hydra" / "config.yaml"))
+    run = {"dir": run_dir.name, "identity": ident, "status": "unfinished"}
+    if (run_dir / "results.json").exists():
+        run.update(status="done", results=json.loads((run_dir / "results.json").read_text()))
+    elif (run_dir / "error.json").exists():
+        run.update(status="failed", error=json.loads((run_dir / "error.json").read_text())["error"])
+    return run
 
 
 def collect(sweep_dir: Path) -> list[dict[str, Any]]:
-    """Every run folder under ``sweep_dir``: its identity, and its results, error, or neither (unfinished)."""
-    runs = []
-    for config_file in sorted(Path(sweep_dir).glob("*/.hydra/config.yaml")):
-        run_dir = config_file.parents[1]
-        ident = identity(OmegaConf.load(config_file))
-        run = {"dir": run_dir.name, "identity": ident, "status": "unfinished"}
-        if (run_dir / "results.json").exists():
-            run.update(status="done", results=json.loads((run_dir / "results.json").read_text()))
-        elif (run_dir / "error.json").exists():
-            run.update(status="failed", error=json.loads((run_dir / "error.json").read_text())["error"])
-        runs.append(run)
-    return runs
+    """Every run folder under ``sweep_dir`` (``read_run``)."""
+    return [read_run(config_file.parents[1]) for config_file in sorted(Path(sweep_dir).glob("*/.hydra/config.yaml"))]
 
 
 def _without(ident: dict[str, Any], *keys: str) -> str:
     return json.dumps({k: v for k, v in ident.items() if k not in keys}, sort_keys=True)
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
@@ -88,7 +90,7 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                "failed": sum(r["status"] == "failed" for r in members), "_ident": ident,
                "_acc": {r["identity"]["seed"]: r["results"]["test_acc"] for r in done}}
         if done:
-            row["test_acc_mean"], row["test_acc_std"] = _mean_std(list(row["_acc"].values()))
+            row["test_acc_mean"], row["test_acc_std"] = mean_std(list(row["_acc"].values()))
             figures = done[0]["results"]["compression"]
             row.update({k: figures[k] for k in ("zero_fraction", "bits_per_weight", "params_before", "params_after")})
             exported = done[0]["results"].get("export")  # present when the run was exported (vcon/export.py)
@@ -109,7 +111,7 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if twin is not None:
             gains = [acc - twin["_acc"][seed] for seed, acc in row["_acc"].items() if seed in twin["_acc"]]
             if gains:
-                row["gain_mean"], row["gain_std"] = _mean_std(gains)
+                row["gain_mean"], row["gain_std"] = mean_std(gains)
     return rows
 
 
@@ -150,11 +152,12 @@ def write(sweep_dir: Path) -> str:
     runs = collect(sweep_dir)
     rows = summarize(runs)
     table = markdown(rows, runs)
-    (sweep_dir / "summary.md").write_text(table + "\n")
-    with open(sweep_dir / "summary.csv", "w", newline="") as f:
-        out = csv.DictWriter(f, COLUMNS, extrasaction="ignore")
-        out.writeheader()
-        out.writerows(rows)
+    write_atomic(sweep_dir / "summary.md", table + "\n")  # two launches of one sweep may end at once
+    text = io.StringIO(newline="")
+    out = csv.DictWriter(text, COLUMNS, extrasaction="ignore")
+    out.writeheader()
+    out.writerows(rows)
+    write_atomic(sweep_dir / "summary.csv", text.getvalue())
     return table
 
 

@@ -1,30 +1,46 @@
 """Which modules to compress, chosen by type and name patterns, never by a library's internal attribute names.
 
-``within: blocks`` finds the model's transformer blocks structurally: the outermost ``nn.ModuleList`` whose entries
-are two or more modules of one class. For a ViT that is the encoder's layer list, whatever transformers calls it,
-so the patch embedding (a convolution before the blocks) and the classifier head (after them) are never chosen.
+A choice is a ``filter_fn(module, name) -> bool`` over ``model.named_modules()``, as in torchao's ``quantize_``. The
+default, ``in_blocks(model)``, takes every ``nn.Linear`` inside the model's transformer blocks, found structurally:
+the outermost ``nn.ModuleList`` or ``nn.Sequential`` whose entries are two or more containers of one class. For a
+ViT or a BERT that is the encoder's layer list, whatever transformers calls it, so the embeddings (before the
+blocks) and the classifier head (after them) are never chosen. The ``target`` config builds such a filter too
+(``from_config``).
 """
 from __future__ import annotations
 
 import fnmatch
-from typing import Any
+from typing import Any, Callable, Sequence
 
 from torch import nn
 
 from vcon.errors import ConfigError, require
 
 WITHIN = ("blocks", "all")
+FilterFn = Callable[[nn.Module, str], bool]
 
 
 def block_lists(model: nn.Module) -> list[str]:
-    """Names of the outermost ModuleLists of repeated same-class blocks."""
+    """Names of the outermost lists of repeated blocks: an ``nn.ModuleList`` (transformers) or ``nn.Sequential``
+    (timm) of two or more modules of one class that are themselves containers (so an MLP's ``Sequential(Linear,
+    Linear)`` is not taken for blocks)."""
     found: list[str] = []
     for name, module in model.named_modules():
         if any(name.startswith(prefix + ".") for prefix in found):
             continue
-        if isinstance(module, nn.ModuleList) and len(module) >= 2 and len({type(m) for m in module}) == 1:
+        if (isinstance(module, (nn.ModuleList, nn.Sequential)) and len(module) >= 2
+                and len({type(m) for m in module}) == 1 and next(iter(module[0].children()), None) is not None):
             found.append(name)
     return found
+
+
+def in_blocks(model: nn.Module, types: Sequence[type] = (nn.Linear,)) -> FilterFn:
+    """The default choice: modules of ``types`` inside the model's repeated blocks."""
+    prefixes = tuple(f"{p}." for p in block_lists(model))
+    if not prefixes:
+        raise ConfigError("target.within=blocks found no repeated blocks (an nn.ModuleList of same-class modules) "
+                          "in this model; use target.within=all with target.include patterns, or a filter_fn")
+    return lambda module, name: isinstance(module, tuple(types)) and name.startswith(prefixes)
 
 
 def _module_type(name: str) -> type:
@@ -34,25 +50,34 @@ def _module_type(name: str) -> type:
     return cls
 
 
-def select(model: nn.Module, cfg: Any) -> dict[str, nn.Module]:
-    """The modules the ``target`` config picks: type in ``types``, inside the blocks (or ``all``), name matching
+def from_config(model: nn.Module, cfg: Any) -> FilterFn:
+    """The filter the ``target`` config describes: type in ``types``, inside the blocks (or ``all``), name matching
     one of ``include`` and none of ``exclude`` (shell-style patterns over full module names)."""
     require(cfg.within in WITHIN, "target.within", cfg.within, f"one of {WITHIN}")
     types = tuple(_module_type(t) for t in cfg.types)
-    prefixes = block_lists(model) if cfg.within == "blocks" else [""]
-    if not prefixes:
-        raise ConfigError("target.within=blocks found no repeated blocks (an nn.ModuleList of same-class modules) "
-                          "in this model; use target.within=all with target.include patterns")
-    chosen = {}
-    for name, module in model.named_modules():
-        inside = any(name.startswith(p + ".") or p == "" for p in prefixes)
-        if (inside and isinstance(module, types)
-                and any(fnmatch.fnmatchcase(name, pat) for pat in cfg.include)
-                and not any(fnmatch.fnmatchcase(name, pat) for pat in cfg.exclude)):
-            chosen[name] = module
-    if not chosen:
-        candidates = [n for n, m in model.named_modules() if isinstance(m, types)][:8]
-        raise ConfigError(f"target (within={cfg.within}, types={list(cfg.types)}, include={list(cfg.include)}, "
-                          f"exclude={list(cfg.exclude)}) matches no module; modules of those types include "
-                          f"{candidates}")
+    where = in_blocks(model, types) if cfg.within == "blocks" else lambda module, name: isinstance(module, types)
+    include, exclude = list(cfg.include), list(cfg.exclude)
+
+    def chosen(module: nn.Module, name: str) -> bool:
+        return (where(module, name) and any(fnmatch.fnmatchcase(name, p) for p in include)
+                and not any(fnmatch.fnmatchcase(name, p) for p in exclude))
+
+    chosen.description = f"target (within={cfg.within}, types={list(cfg.types)}, include={include}, exclude={exclude})"
     return chosen
+
+
+def matching(model: nn.Module, filter_fn: FilterFn) -> dict[str, nn.Module]:
+    """The modules ``filter_fn`` picks, by full name; an error if none (naming the ``target`` settings when the
+    filter came from them)."""
+    chosen = {name: module for name, module in model.named_modules() if name and filter_fn(module, name)}
+    if not chosen:
+        what = getattr(filter_fn, "description", "filter_fn")
+        linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][:8]
+        raise ConfigError(f"{what} matches no module of this {type(model).__name__}; its nn.Linear modules include "
+                          f"{linears}")
+    return chosen
+
+
+def select(model: nn.Module, cfg: Any) -> dict[str, nn.Module]:
+    """The modules the ``target`` config picks."""
+    return matching(model, from_config(model, cfg))

@@ -69,7 +69,11 @@ class Compression:
 
     name: ClassVar[str]
     #: True for the dense baseline: nothing is wrapped and the VCON schedule is irrelevant.
-    identity: ClassVar[bool] = False
+    dense: ClassVar[bool] = False
+
+    def describe(self) -> str:
+        """The compression in a few words, for tables and plots: ``prune 0.9 layer``."""
+        return self.name
 
     def check(self, layers: dict[str, nn.Linear]) -> None:
         """Raise ``ConfigError`` if the settings cannot apply to these layers; called before any training."""

@@ -25,6 +25,9 @@ class Chain(WeightCompression):
             raise ConfigError(f"compression.steps={[getattr(s, 'name', s) for s in self.stages]} is not allowed: "
                               "expected one or more weight compressions (prune, quant)")
 
+    def describe(self) -> str:
+        return " + ".join(stage.describe() for stage in self.stages)
+
     def check(self, layers: dict[str, nn.Linear]) -> None:
         for stage in self.stages:
             stage.check(layers)

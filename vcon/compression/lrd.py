@@ -44,6 +44,9 @@ class LowRank(ModuleCompression):
         ok = (isinstance(self.rank, int) and self.rank >= 1) or (isinstance(self.rank, float) and 0 < self.rank <= 1)
         require(ok, "compression.rank", self.rank, "an integer >= 1, or a fraction of full rank in (0, 1]")
 
+    def describe(self) -> str:
+        return f"low rank {self.rank}"
+
     def rank_for(self, out_features: int, in_features: int) -> int:
         full = min(out_features, in_features)
         return max(1, round(self.rank * full)) if isinstance(self.rank, float) else self.rank

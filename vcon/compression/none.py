@@ -10,4 +10,7 @@ from vcon.compression.base import Compression, register
 @dataclasses.dataclass
 class NoCompression(Compression):
     name = "none"
-    identity = True
+    dense = True
+
+    def describe(self) -> str:
+        return "dense"

@@ -42,6 +42,9 @@ class Prune(WeightCompression):
                 raise ConfigError(f"compression.granularity={self.granularity} prunes exactly {implied:g} of the "
                                   f"weights but compression.ratio={self.ratio}; set compression.ratio={implied:g}")
 
+    def describe(self) -> str:
+        return f"prune {self.ratio:g} {self.granularity}"
+
     @staticmethod
     def _parse_group(granularity: str) -> tuple[int, int] | None:
         if granularity in ("layer", "row"):

@@ -27,6 +27,9 @@ class Quant(WeightCompression):
         require(isinstance(self.bits, int) and 1 <= self.bits <= 8, "compression.bits", self.bits,
                 "an integer from 1 (binary) to 8")
 
+    def describe(self) -> str:
+        return "binary" if self.bits == 1 else f"{self.bits}-bit"
+
     def compress(self, weight: torch.Tensor) -> torch.Tensor:
         magnitude = weight.abs()
         matrix = (-2, -1)  # one scale per matrix, also in a stack of them
@@ -71,8 +74,7 @@ def _decode(codes: torch.Tensor, count: int, width: int, scale: torch.Tensor) ->
         byte_signs = 2.0 * ((torch.arange(256, device=codes.device).unsqueeze(1) >> torch.arange(
             8, device=codes.device)) & 1) - 1
         return (byte_signs[codes.long()].reshape(-1)[:count] * scale).float()
-    levels = bits.unpack_ints(codes, count, width)
-    levels = 2 * levels - 1 if width == 1 else levels - (2 ** (width - 1) - 1)
+    levels = bits.unpack_ints(codes, count, width) - (2 ** (width - 1) - 1)
     return levels.float() * scale
 
 

@@ -1,0 +1,100 @@
+"""The library verb: ``compress_(model, compression, schedule=..., filter_fn=...)`` puts every chosen block of any
+``nn.Module`` beside its compressed form and returns the ``Controller`` that fades the originals out.
+
+Any training loop drives VCON with one call after each optimizer step::
+
+    controller = vcon.compress_(model, vcon.Prune(ratio=0.9), schedule=vcon.Schedule("linear", q_steps=384))
+    optimizer = torch.optim.AdamW(model.parameters())
+    for x, y in batches:
+        loss_fn(model(x), y).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        controller.step(optimizer)     # β for the next step; at β = 0 the originals leave model and optimizer
+
+``vcon.train`` (``run.py``), ``vcon.export`` and the Hugging Face ``Trainer`` callback (``vcon.hf``) drive it in
+exactly this way: there is one way to drive VCON.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from vcon import results, targets
+from vcon.blend import Beta, blend_, drop_originals
+from vcon.compression import Compression, to_config
+from vcon.schedule import ONE_SHOT, Schedule
+
+
+class Controller:
+    """Owns β and the optimizer-step count of one model compressed by ``compress_``.
+
+    ``model``, ``compression`` and ``names`` (the full names of the blended modules) are what ``compress_`` was
+    given and chose; ``beta`` is the β every blended module reads (``float(controller.beta)``).
+    """
+
+    def __init__(self, model: nn.Module, compression: Compression, schedule: Schedule, names: list[str],
+                 beta: Beta) -> None:
+        self.model, self.compression, self.schedule, self.names, self.beta = model, compression, schedule, names, beta
+        self.steps = 0
+        self._move(None)
+
+    def step(self, optimizer: torch.optim.Optimizer | None = None) -> bool:
+        """Call after each optimizer step: sets β for the next one. When β reaches 0, the original branches that
+        are separate modules (low rank) leave the model and ``optimizer`` (parameters and state). Returns True when
+        that changed the model's parameters (a ``DistributedDataParallel`` wrapper must then be rebuilt)."""
+        self.steps += 1
+        return self._move(optimizer)
+
+    def _move(self, optimizer: torch.optim.Optimizer | None) -> bool:
+        if self.compression.dense:  # nothing is blended: β stays at the original network
+            return False
+        self.beta.value = self.schedule.beta(self.steps)
+        return self.beta.value == 0 and drop_originals(self.model, optimizer) > 0
+
+    @property
+    def finished(self) -> bool:
+        """Whether only the compressed model is left (β = 0 for good)."""
+        return self.compression.dense or self.steps >= self.schedule.q_steps
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.steps, "beta": self.beta.value, "schedule": vars(self.schedule) | {},
+                "compression": to_config(self.compression)}
+
+    def load_state_dict(self, state: dict[str, Any], optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Go on from ``state``. Call it before loading the model's and the optimizer's own state: a checkpoint taken
+        after β = 0 has no original branches, and they are dropped here first (also from ``optimizer``)."""
+        mine = self.state_dict()
+        for key in ("schedule", "compression"):
+            if state[key] != mine[key]:
+                raise ValueError(f"this controller state was saved with {key} {state[key]}, not {mine[key]}")
+        self.steps = state["step"]
+        self._move(optimizer)
+
+    def finalize(self, optimizer: torch.optim.Optimizer | None = None) -> nn.Module:
+        """End the transition now: β = 0, originals dropped. Returns the model, ready for ``vcon.export``."""
+        self.steps = max(self.steps, self.schedule.q_steps)
+        if not self.compression.dense:
+            self.beta.value = 0.0
+            drop_originals(self.model, optimizer)
+        return self.model
+
+    def figures(self) -> dict[str, Any]:
+        """Storage figures of the compressed layers at β = 0 (parameters, bits per weight, zeros)."""
+        return results.figures(self.model, self.compression, self.names)
+
+    def __repr__(self) -> str:
+        return (f"Controller({self.compression.describe()}, {len(self.names)} modules, step {self.steps} of "
+                f"Q = {self.schedule.q_steps}, β = {self.beta.value:.4f})")
+
+
+def compress_(model: nn.Module, compression: Compression, *, schedule: Schedule = ONE_SHOT,
+              filter_fn: targets.FilterFn | None = None) -> Controller:
+    """Blend every module that ``filter_fn(module, name)`` picks (default: every ``nn.Linear`` inside the model's
+    repeated blocks, ``vcon.targets.in_blocks``) with its ``compression``, in place, at β = ``schedule.beta(0)``
+    (1 for a transition, 0 for one-shot: the default schedule). Returns the controller that moves β."""
+    chosen = targets.matching(model, filter_fn or targets.in_blocks(model))
+    compression.check(chosen)
+    beta = blend_(model, compression, list(chosen))
+    return Controller(model, compression, schedule, list(chosen), beta)
