@@ -11,7 +11,9 @@ from typing import Any, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
+from vcon.compression import REGISTRY
 from vcon.model import ASSETS
+from vcon.schedule import transition_length
 
 # Sections that define what a run computes. Not in it: where and how it runs (device, launcher, output folders)
 # and settings that change no number beyond float rounding (logging cadence, evaluation batch size, compilation,
@@ -29,7 +31,8 @@ def identity(cfg: DictConfig) -> dict[str, Any]:
     for section, keys in IGNORED.items():
         for key in keys:
             raw.get(section, {}).pop(key, None)
-    if raw.get("compression", {}).get("name") == "none":
+    kind = REGISTRY.get(raw.get("compression", {}).get("name"))  # the class: its settings are checked later
+    if kind is not None and kind.dense:
         raw.pop("vcon", None)  # a dense run has no transition: vcon.epochs=0 and 12 are the same run
     return raw
 
@@ -40,8 +43,7 @@ def run_id(cfg: DictConfig) -> str:
     digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:8]
     compression = ident["compression"]["name"]
     if "vcon" in ident:
-        q = ident["vcon"]["steps"] if ident["vcon"].get("steps") is not None else ident["vcon"]["epochs"]
-        compression += f"-q{q}"
+        compression += f"-q{transition_length(ident['vcon'])[0]}"
     return f"{ident['model']['name']}_{ident['data']['name']}_{compression}_s{ident['seed']}_{digest}"
 
 

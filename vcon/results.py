@@ -54,7 +54,7 @@ def table(summary: dict[str, Any], title: str) -> str:
     """The closing table of a run, in Markdown (readable in a terminal, pastes into a README)."""
     c = summary["compression"]
     minutes, seconds = divmod(summary["wall_time_s"], 60)
-    dense = c["name"] == "none"
+    dense = summary["q_steps"] is None  # nothing was compressed: no transition
     rows = [
         ("test accuracy before" if dense else "dense test accuracy", f"{summary['dense_test_acc']:.2f} %"),
         ("test accuracy after" if dense else "compressed test accuracy (β = 0)", f"{summary['test_acc']:.2f} %"),
