@@ -143,7 +143,7 @@ def test_a_blended_model_compresses_all_its_layers_once_per_forward(settings):
 
     calls = []
     compress_all = compression.compress_all
-    compression.compress_all = lambda weights: calls.append(len(weights)) or compress_all(weights)
+    compression.compress_all = lambda weights, strength: calls.append(len(weights)) or compress_all(weights, strength)
     beta = blend_(net, compression, ["0", "2", "4"])
     beta.value = 0.4
     out = net(x)

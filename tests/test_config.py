@@ -12,8 +12,8 @@ OPTIONS = [(group, option) for group, options in sorted(GROUPS.items()) for opti
 def test_the_tree_mirrors_the_code():
     from conftest import ROOT
 
-    assert set(GROUPS) == {"model", "data", "compression", "schedule", "train", "experiment"}
-    for group in ("model", "data", "schedule", "train"):
+    assert set(GROUPS) == {"model", "data", "compression", "schedule", "method", "train", "experiment"}
+    for group in ("model", "data", "schedule", "method", "train"):
         assert (ROOT / "vcon" / f"{group}.py").exists()
     assert (ROOT / "vcon" / "compression").is_dir()
 
@@ -28,10 +28,12 @@ def test_option_composes_and_checks(config, group, option):
         assert cfg[group].name == option
     elif group == "compression":
         assert cfg.compression.name == ("chain" if option == "prune-quant" else option)
+    elif group == "method":
+        assert cfg.method.name == option
     if option == "imagefolder":
         return  # data.path must hold a real folder: tested in test_run
-    compression = train.check(cfg)
-    assert compression.name == cfg.compression.name
+    compression, method = train.check(cfg)
+    assert (compression.name, method.name) == (cfg.compression.name, cfg.method.name)
 
 
 def test_default_run_is_vit_micro_pruned_on_fashion_mnist(config):

@@ -1,7 +1,9 @@
-"""The VCON verb: ``blend_(model, compression, names)`` puts every named block beside its compressed form.
+"""The blended modules: ``blend_(model, compression, names, method=...)`` puts every named block beside its
+compressed form (``vcon.compress_`` is the verb users call; it chooses the names and drives β).
 
-Each targeted module then computes ``β·f(x) + (1−β)·g(x)`` with one β shared by the whole model (``Beta``), which
-the training loop moves from 1 to 0 along the schedule.
+With VCON each targeted module computes ``β·f(x) + (1−β)·g(x)``; with gradual compression it computes ``g`` at
+strength ``1 − β`` (``vcon/method.py``). One β is shared by the whole model (``Beta``), which the controller moves
+from 1 to 0 along the schedule.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vcon.compression import Compression, ModuleCompression, WeightCompression
+from vcon.method import VCON, Gradual, Method
 
 
 class Beta:
@@ -66,15 +69,17 @@ class _StraightThrough(torch.autograd.Function):
 class BlendedLinear(nn.Module):
     """A linear layer whose compressed form is the same layer with weights ``C(W)``: VCON blends the weights,
     ``W_eff = β·W + (1−β)·C(W)``, one matmul, forward and backward at ``W_eff``; the gradient reaches the latent W
-    as the reference's does (``β·g + (1−β)·g`` through the straight-through ``C``). It keeps the original
+    as the reference's does (``β·g + (1−β)·g`` through the straight-through ``C``). Gradual compression runs
+    ``W_eff = C_s(W)``, the compression at strength ``s = 1 − β``, straight-through alike. It keeps the original
     ``weight``/``bias`` parameters, so state-dict keys are those of the dense model."""
 
-    def __init__(self, linear: nn.Linear, compression: WeightCompression, beta: Beta) -> None:
+    def __init__(self, linear: nn.Linear, compression: WeightCompression, beta: Beta, gradual: bool = False) -> None:
         super().__init__()
         self.weight = linear.weight
         self.bias = linear.bias
         self.compression = compression
         self.beta = beta
+        self.gradual = gradual
         self.precomputed: torch.Tensor | None = None  # C(W), set by blend_'s hooks around each forward of the model
 
     def effective_weight(self) -> torch.Tensor:
@@ -83,9 +88,15 @@ class BlendedLinear(nn.Module):
         compressed = self.precomputed
         if compressed is None:  # called outside the model's forward
             with torch.no_grad():
-                compressed = self.compression.compress(self.weight)
+                compressed = self.compression.compress(self.weight, strength(self.beta, self.gradual))
         compressed = _StraightThrough.apply(self.weight, compressed)
-        return compressed if self.beta.phase == "compressed" else torch.lerp(compressed, self.weight, self.beta.tensor)
+        if self.gradual or self.beta.phase == "compressed":
+            return compressed
+        return torch.lerp(compressed, self.weight, self.beta.tensor)
+
+    @property
+    def original_shape(self) -> tuple[int, int]:
+        return tuple(self.weight.shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.effective_weight(), self.bias)
@@ -135,40 +146,117 @@ class BlendedBranches(nn.Module):
         return dropped
 
 
-def blend_(model: nn.Module, compression: Compression, names: list[str], beta: Beta | None = None) -> Beta:
-    """Replace each module in ``names`` (from ``vcon.targets.select``) by its blend with its compressed form.
-    Returns the β that drives them all. The dense baseline (``compression=none``) wraps nothing."""
+class GradualBranches(BlendedBranches):
+    """Gradual rank reduction, low rank's gradual form: during the ramp the layer runs its current weight projected
+    onto the top-r singular vectors of an SVD of that weight (straight-through to the weight), r falling from full
+    rank to the target as the strength ``1 − β`` grows. The SVD is refreshed every ``method.svd_every`` steps by
+    the controller (``refresh``) and kept in the ``basis`` buffer, so a resumed run projects exactly as before. At
+    β = 0 the factors ``g`` become the truncated SVD of the weight trained so far and the dense layer is dropped,
+    as VCON's low rank drops it; ``g`` is in the optimizer from the start, but has no gradient before that."""
+
+    def __init__(self, original: nn.Linear, compressed: nn.Module, beta: Beta, compression: ModuleCompression) -> None:
+        super().__init__(original, compressed, beta)
+        self.compression = compression
+        side = min(original.weight.shape)
+        self.register_buffer("basis", original.weight.new_empty(side, side, dtype=torch.float32))
+        self.precomputed: torch.Tensor | None = None  # the projected weight, set by blend_'s hooks around forwards
+        self.refresh()
+
+    @torch.no_grad()
+    def refresh(self) -> None:
+        """A new SVD of the current weight: the singular vectors of its smaller side, largest first, as rows."""
+        weight = self.original.weight.float()
+        u, _, vh = torch.linalg.svd(weight, full_matrices=False)
+        self.basis.copy_(vh if weight.shape[1] <= weight.shape[0] else u.T)
+
+    def projected(self, strength: float) -> torch.Tensor:
+        """The current weight at the rank of ``strength``, through the last SVD's singular vectors."""
+        weight = self.original.weight
+        basis = self.basis[:self.compression.rank_for(*weight.shape, strength)].to(weight.dtype)
+        return (weight @ basis.T) @ basis if weight.shape[1] <= weight.shape[0] else basis.T @ (basis @ weight)
+
+    def effective_weight(self) -> torch.Tensor:
+        """The weight the layer runs during the ramp."""
+        if self.beta.phase == "original":
+            return self.original.weight
+        weight = self.precomputed
+        if weight is None:  # called outside the model's forward
+            with torch.no_grad():
+                weight = self.projected(strength(self.beta, gradual=True))
+        return _StraightThrough.apply(self.original.weight, weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.original is None:
+            return self.compressed(x)
+        return F.linear(x, self.effective_weight(), self.original.bias)
+
+    @torch.no_grad()
+    def branches(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if self.original is None:
+            return None
+        return self.original(x), F.linear(x, self.projected(1.0), self.original.bias)
+
+    def drop_original(self) -> list[nn.Parameter]:
+        if self.original is not None:
+            with torch.no_grad():  # the factors start from the weight the ramp has trained
+                self.compressed.load_state_dict(self.compression.build(self.original).state_dict())
+            self.basis = None
+        return super().drop_original()
+
+
+def strength(beta: Beta, gradual: bool) -> float:
+    """How much of the compression a layer applies: all of it for VCON (whose blend is β's business), ``1 − β``
+    for gradual compression."""
+    return 1.0 - beta.value if gradual else 1.0
+
+
+def blend_(model: nn.Module, compression: Compression, names: list[str], beta: Beta | None = None,
+           method: Method = VCON) -> Beta:
+    """Replace each module in ``names`` (chosen by ``vcon.targets``) by its blend with its compressed form, as
+    ``method`` blends. Returns the β that drives them all. The dense baseline (``compression=none``) wraps
+    nothing."""
     if beta is None:
         first = next(iter(model.parameters()), None)
         beta = Beta(device=first.device if first is not None else None)
     if compression.dense:
         return beta
+    gradual = isinstance(method, Gradual)
     for name in names:
         original = model.get_submodule(name)
         if isinstance(compression, WeightCompression):
-            blended = BlendedLinear(original, compression, beta)
+            blended = BlendedLinear(original, compression, beta, gradual)
+        elif isinstance(compression, ModuleCompression) and gradual:
+            blended = GradualBranches(original, compression.build(original), beta, compression)
         elif isinstance(compression, ModuleCompression):
             blended = BlendedBranches(original, compression.build(original), beta)
         else:
             raise TypeError(f"{type(compression).__name__} is neither a weight nor a module compression")
         model.set_submodule(name, blended)
-    if isinstance(compression, WeightCompression):
-        _precompute_around_forward(model, [model.get_submodule(name) for name in names], compression, beta)
+    if isinstance(compression, WeightCompression) or gradual:
+        _precompute_around_forward(model, [model.get_submodule(name) for name in names], compression, beta, gradual)
     return beta
 
 
-def _precompute_around_forward(model: nn.Module, layers: list[BlendedLinear], compression: WeightCompression,
-                               beta: Beta) -> None:
-    """Before each forward of the model, compute ``C(W)`` of all its blended layers at once
-    (``compress_all``: one top-k for all same-shaped layers, not one per layer); after it, let them go, so that a
-    layer called on its own later computes its own from its current weight."""
+def _precompute_around_forward(model: nn.Module, layers: list[nn.Module], compression: Compression, beta: Beta,
+                               gradual: bool) -> None:
+    """Before each forward of the model, compute the weight each blended layer runs: ``C(W)`` of all weight
+    compressions at once (``compress_all``: one top-k for all same-shaped layers, not one per layer), the projections
+    of gradual low rank; after it, let them go, so that a layer called on its own later computes its own from its
+    current weight. Out here, not in the layers, these stay outside ``torch.compile``'d blocks, and a strength that
+    changes every step (gradual) recompiles nothing."""
+    linears = [layer for layer in layers if isinstance(layer, BlendedLinear)]
+    ramps = [layer for layer in layers if isinstance(layer, GradualBranches)]
 
     def before(module: nn.Module, args: tuple) -> None:
         if beta.phase == "original":
             return
+        s = strength(beta, gradual)
         with torch.no_grad():
-            for layer, compressed in zip(layers, compression.compress_all([layer.weight for layer in layers])):
-                layer.precomputed = compressed
+            if linears:
+                for layer, compressed in zip(linears, compression.compress_all([la.weight for la in linears], s)):
+                    layer.precomputed = compressed
+            for layer in ramps:
+                layer.precomputed = layer.projected(s) if layer.original is not None else None
 
     def after(module: nn.Module, args: tuple, output: object) -> None:
         for layer in layers:

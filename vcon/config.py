@@ -4,7 +4,7 @@ the ready sweeps known to Hydra and OmegaConf. ``import vcon`` does none of this
 ``register()`` before composing.
 
 Typed here: the top level, ``train``, ``vcon`` (the β schedule), ``target`` and ``tracking``. Not typed (``Any``):
-``model``, ``data`` and ``compression``, whose options differ in their keys; their modules check them, with messages
+``model``, ``data``, ``compression`` and ``method``, whose options differ in their keys; their modules check them, with messages
 that name the setting.
 
 Run identities (``vcon.identity``) hash the resolved config, so a schema must not change a value's type: a ``float``
@@ -124,6 +124,7 @@ class Config:
     model: Any = MISSING  # options differ in keys: vcon/model.py checks them
     data: Any = MISSING  # vcon/data.py
     compression: Any = MISSING  # vcon/compression/<name>.py
+    method: Any = MISSING  # vcon/method.py
 
 
 # Where conf/ finds the schemas: `- schema` first in conf/config.yaml's defaults list, `- /schema_schedule_<shape>`

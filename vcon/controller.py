@@ -1,5 +1,6 @@
-"""The library verb: ``compress_(model, compression, schedule=..., filter_fn=...)`` puts every chosen block of any
-``nn.Module`` beside its compressed form and returns the ``Controller`` that fades the originals out.
+"""The library verb: ``compress_(model, compression, schedule=..., filter_fn=..., method=...)`` puts every chosen
+block of any ``nn.Module`` beside its compressed form and returns the ``Controller`` that fades the originals out
+(VCON), or that grows the compression in (``method=Gradual()``, the iterative baseline: ``vcon/method.py``).
 
 Any training loop drives VCON with one call after each optimizer step::
 
@@ -22,21 +23,24 @@ import torch
 from torch import nn
 
 from vcon import results, targets
-from vcon.blend import Beta, blend_, drop_originals
+from vcon.blend import Beta, GradualBranches, blend_, drop_originals
 from vcon.compression import Compression, to_config
+from vcon.method import VCON, Gradual, Method
 from vcon.schedule import ONE_SHOT, Schedule
 
 
 class Controller:
     """Owns β and the optimizer-step count of one model compressed by ``compress_``.
 
-    ``model``, ``compression`` and ``names`` (the full names of the blended modules) are what ``compress_`` was
-    given and chose; ``beta`` is the β every blended module reads (``float(controller.beta)``).
+    ``model``, ``compression``, ``method`` and ``names`` (the full names of the blended modules) are what
+    ``compress_`` was given and chose; ``beta`` is the β every blended module reads (``float(controller.beta)``;
+    gradual compression applies strength ``1 − β``).
     """
 
     def __init__(self, model: nn.Module, compression: Compression, schedule: Schedule, names: list[str],
-                 beta: Beta) -> None:
+                 beta: Beta, method: Method = VCON) -> None:
         self.model, self.compression, self.schedule, self.names, self.beta = model, compression, schedule, names, beta
+        self.method = method
         self.steps = 0
         self._move(None)
 
@@ -51,7 +55,21 @@ class Controller:
         if self.compression.dense:  # nothing is blended: β stays at the original network
             return False
         self.beta.value = self.schedule.beta(self.steps)
+        if isinstance(self.method, Gradual) and self.beta.value > 0 and self.steps % self.method.svd_every == 0:
+            for module in self.model.modules():  # gradual low rank: a new SVD of each layer's current weight
+                if isinstance(module, GradualBranches) and module.original is not None:
+                    module.refresh()
         return self.beta.value == 0 and drop_originals(self.model, optimizer) > 0
+
+    def scalars(self) -> dict[str, float]:
+        """Where the transition stands, for the logs: β, and for gradual compression the strength and what it
+        applies (fraction of zeros, fraction binarised, mean rank)."""
+        beta = self.beta.value
+        if not isinstance(self.method, Gradual) or self.compression.dense:
+            return {"vcon/beta": beta}
+        shapes = [torch.Size(self.model.get_submodule(n).original_shape) for n in self.names]
+        figures = self.compression.ramp_figures(1 - beta, shapes)
+        return {"vcon/beta": beta, "gradual/strength": 1 - beta} | {f"gradual/{k}": v for k, v in figures.items()}
 
     @property
     def finished(self) -> bool:
@@ -60,14 +78,14 @@ class Controller:
 
     def state_dict(self) -> dict[str, Any]:
         return {"step": self.steps, "beta": self.beta.value, "schedule": vars(self.schedule) | {},
-                "compression": to_config(self.compression)}
+                "compression": to_config(self.compression), "method": self.method.name}
 
     def load_state_dict(self, state: dict[str, Any], optimizer: torch.optim.Optimizer | None = None) -> None:
         """Go on from ``state``. Call it before loading the model's and the optimizer's own state: a checkpoint taken
         after β = 0 has no original branches, and they are dropped here first (also from ``optimizer``)."""
         mine = self.state_dict()
-        for key in ("schedule", "compression"):
-            if state[key] != mine[key]:
+        for key in ("schedule", "compression", "method"):
+            if state.get(key, VCON.name) != mine[key]:
                 raise ValueError(f"this controller state was saved with {key} {state[key]}, not {mine[key]}")
         self.steps = state["step"]
         self._move(optimizer)
@@ -90,11 +108,12 @@ class Controller:
 
 
 def compress_(model: nn.Module, compression: Compression, *, schedule: Schedule = ONE_SHOT,
-              filter_fn: targets.FilterFn | None = None) -> Controller:
+              filter_fn: targets.FilterFn | None = None, method: Method = VCON) -> Controller:
     """Blend every module that ``filter_fn(module, name)`` picks (default: every ``nn.Linear`` inside the model's
     repeated blocks, ``vcon.targets.in_blocks``) with its ``compression``, in place, at β = ``schedule.beta(0)``
-    (1 for a transition, 0 for one-shot: the default schedule). Returns the controller that moves β."""
+    (1 for a transition, 0 for one-shot: the default schedule), as ``method`` blends (VCON, or ``Gradual()``).
+    Returns the controller that moves β."""
     chosen = targets.matching(model, filter_fn or targets.in_blocks(model))
     compression.check(chosen)
-    beta = blend_(model, compression, list(chosen))
-    return Controller(model, compression, schedule, list(chosen), beta)
+    beta = blend_(model, compression, list(chosen), method=method)
+    return Controller(model, compression, schedule, list(chosen), beta, method)

@@ -51,7 +51,7 @@ class VconCallback(TrainerCallback):
 
         def log_with_beta(logs: dict[str, float], *args, **kwargs) -> None:
             if "loss" in logs:  # the training logs; at step t it is schedule.beta(t), the β of the next step
-                logs["vcon/beta"] = float(self.controller.beta)
+                logs.update(self.controller.scalars())  # β, and a gradual run's strength
             log(logs, *args, **kwargs)
 
         trainer.log = log_with_beta

@@ -18,7 +18,8 @@ from vcon.schedule import transition_length
 # Sections that define what a run computes. Not in it: where and how it runs (device, launcher, output folders)
 # and settings that change no number beyond float rounding (logging cadence, evaluation batch size, compilation,
 # CUDA graphs: a run started eager may resume compiled).
-SECTIONS = ("seed", "model", "data", "compression", "vcon", "target", "train")
+SECTIONS = ("seed", "model", "data", "compression", "method", "vcon", "target", "train")
+ONE_SHOT = {"shape": "linear", "epochs": 0, "steps": None}  # Q = 0, however it was asked for
 IGNORED = {"train": ("log_every", "eval_batch_size", "checkpoint_every_min", "compile", "cuda_graph")}
 
 
@@ -32,16 +33,24 @@ def identity(cfg: DictConfig) -> dict[str, Any]:
         for key in keys:
             raw.get(section, {}).pop(key, None)
     kind = REGISTRY.get(raw.get("compression", {}).get("name"))  # the class: its settings are checked later
-    if kind is not None and kind.dense:
-        raw.pop("vcon", None)  # a dense run has no transition: vcon.epochs=0 and 12 are the same run
+    if kind is not None and kind.dense:  # a dense run has no transition: vcon.epochs=0 and 12 are the same run
+        raw.pop("vcon", None)
+        raw.pop("method", None)
+    elif "vcon" in raw and transition_length(raw["vcon"])[0] == 0:  # one-shot, whatever the method and shape
+        raw["vcon"] = dict(ONE_SHOT)
+        raw.pop("method", None)
+    if raw.get("method") == {"name": "vcon"}:  # the default: runs from before methods existed keep their ids
+        raw.pop("method")
     return raw
 
 
 def run_id(cfg: DictConfig) -> str:
-    """``<model>_<data>_<compression>[-q<Q>]_s<seed>_<hash>``: readable, and unique through the hash."""
+    """``<model>_<data>_<compression>[-<method>][-q<Q>]_s<seed>_<hash>``: readable, and unique through the hash."""
     ident = identity(cfg)
     digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:8]
     compression = ident["compression"]["name"]
+    if "method" in ident:  # not VCON, the default
+        compression += f"-{ident['method']['name']}"
     if "vcon" in ident:
         compression += f"-q{transition_length(ident['vcon'])[0]}"
     return f"{ident['model']['name']}_{ident['data']['name']}_{compression}_s{ident['seed']}_{digest}"

@@ -84,21 +84,27 @@ def accuracy_per_epoch(runs: list[dict[str, Any]]) -> plt.Figure:
 
 
 def gains(runs: list[dict[str, Any]]) -> plt.Figure | None:
-    """VCON minus one-shot test accuracy per compression, paired by seed: the bar is the mean, dots the seeds."""
-    rows = [r for r in sweep.summarize(runs) if "gain_mean" in r]
+    """VCON minus each baseline (one-shot, gradual) in test accuracy per compression, paired by seed: the bars are
+    the means, dots the seeds."""
+    rows = [r for r in sweep.summarize(runs) if r.get("_gains")]
     if not rows:
         return None
     fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(rows), 3.6))
-    for i, row in enumerate(rows):
-        ax.bar(i, row["gain_mean"], color="tab:blue", alpha=0.6)
-        twin = next(r for r in sweep.summarize(runs) if r["transition"] == "one-shot"
-                    and r["compression"] == row["compression"] and r["model"] == row["model"])
-        seeds = [row["_acc"][s] - twin["_acc"][s] for s in row["_acc"] if s in twin["_acc"]]
-        ax.scatter([i] * len(seeds), seeds, color="k", s=12, zorder=3)
+    width = 0.8 / len(sweep.BASELINES)
+    for j, (baseline, color) in enumerate(zip(sweep.BASELINES, ("tab:blue", "tab:orange"))):
+        drawn = [(i, row["_gains"][baseline]) for i, row in enumerate(rows) if baseline in row["_gains"]]
+        if not drawn:
+            continue
+        x = [i + (j - (len(sweep.BASELINES) - 1) / 2) * width for i, _ in drawn]
+        ax.bar(x, [statistics.fmean(seeds) for _, seeds in drawn], width, color=color, alpha=0.6,
+               label=f"over {baseline}")
+        for xi, (_, seeds) in zip(x, drawn):
+            ax.scatter([xi] * len(seeds), seeds, color="k", s=12, zorder=3)
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xticks(range(len(rows)), [f"{r['compression']}\n{r['transition']}" for r in rows], fontsize=8)
-    ax.set_ylabel("VCON − one-shot, test accuracy (points)")
+    ax.set_ylabel("VCON − baseline, test accuracy (points)")
     ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 

@@ -20,6 +20,7 @@ from vcon.atomic import write_atomic
 from vcon.compression import from_config
 from vcon.errors import ConfigError
 from vcon.identity import identity
+from vcon.method import VCON, from_config as method_from_config
 from vcon.schedule import transition_length
 
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
@@ -33,8 +34,8 @@ def register_sweeps() -> None:
 
 
 def describe(ident: dict[str, Any]) -> tuple[str, str]:
-    """(compression, transition) in words: ('prune 0.9 layer', 'VCON Q=3 ep linear'); each compression names
-    itself (``Compression.describe``)."""
+    """(compression, transition) in words: ('prune 0.9 layer', 'VCON Q=3 ep linear'), 'gradual Q=3 ep cubic',
+    'one-shot'; each compression and method names itself (``describe``)."""
     try:
         compression = from_config(ident["compression"]).describe()
     except ConfigError:  # a run refused for its settings still gets a row (and its error)
@@ -45,7 +46,8 @@ def describe(ident: dict[str, Any]) -> tuple[str, str]:
     q, unit = transition_length(vcon)
     if q == 0:
         return compression, "one-shot"
-    return compression, f"VCON Q={q} steps {vcon['shape']}" if unit == "steps" else f"VCON Q={q:g} ep {vcon['shape']}"
+    method = method_from_config(ident.get("method", {"name": VCON.name})).describe()  # absent: VCON (identity.py)
+    return compression, f"{method} Q={q} steps {vcon['shape']}" if unit == "steps" else f"{method} Q={q:g} ep {vcon['shape']}"
 
 
 def read_run(run_dir: Path) -> dict[str, Any]:
@@ -103,20 +105,36 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         rows.append(row)
     rows.sort(key=lambda r: (r["compression"] != "dense", r["model"], r["data"], r["compression"],
                              r["transition"] != "one-shot", r["transition"]))
-    for row in rows:  # VCON against the one-shot run of the same compression, seed by seed
+    for row in rows:  # VCON against one-shot and gradual compression of the same compression, seed by seed
         if not row["transition"].startswith("VCON"):
             continue
-        twin = next((r for r in rows if r["transition"] == "one-shot"
-                     and _without(r["_ident"], "seed", "vcon") == _without(row["_ident"], "seed", "vcon")), None)
-        if twin is not None:
-            gains = [acc - twin["_acc"][seed] for seed, acc in row["_acc"].items() if seed in twin["_acc"]]
+        row["_gains"] = {}
+        for baseline, key in BASELINES.items():
+            twin = next((r for r in rows if _baseline_of(r, row) == baseline), None)
+            gains = [acc - twin["_acc"][seed] for seed, acc in row["_acc"].items() if seed in twin["_acc"]] if twin else []
             if gains:
-                row["gain_mean"], row["gain_std"] = mean_std(gains)
+                row["_gains"][baseline] = gains
+                row[f"{key}_mean"], row[f"{key}_std"] = mean_std(gains)
     return rows
 
 
+BASELINES = {"one-shot": "gain", "gradual": "gain_gradual"}  # what VCON is compared with, and its columns' names
+
+
+def _baseline_of(candidate: dict[str, Any], row: dict[str, Any]) -> str | None:
+    """Which baseline of the VCON ``row`` the ``candidate`` row is: the one-shot run of the same settings, the
+    gradual run of the same settings and Q (its schedule's shape may differ), or neither (None)."""
+    if _without(candidate["_ident"], "seed", "vcon", "method") != _without(row["_ident"], "seed", "vcon", "method"):
+        return None
+    if candidate["transition"] == "one-shot":
+        return "one-shot"
+    gradual = candidate["_ident"].get("method", {}).get("name") == "gradual"
+    same_q = transition_length(candidate["_ident"]["vcon"]) == transition_length(row["_ident"]["vcon"])
+    return "gradual" if gradual and same_q else None
+
+
 COLUMNS = ["model", "data", "compression", "transition", "runs", "done", "failed", "test_acc_mean", "test_acc_std",
-           "gain_mean", "gain_std", "zero_fraction", "bits_per_weight", "params_before", "params_after",
+           "gain_mean", "gain_std", "gain_gradual_mean", "gain_gradual_std", "zero_fraction", "bits_per_weight", "params_before", "params_after",
            "bytes_on_disk", "dense_bytes_on_disk", "cpu_ms_batch_1_dense", "cpu_ms_batch_1_exported",
            "cpu_ms_batch_64_dense", "cpu_ms_batch_64_exported"]
 
@@ -127,14 +145,15 @@ def markdown(rows: list[dict[str, Any]], runs: list[dict[str, Any]]) -> str:
             return "–"
         return f"{row[f'{key}_mean']:{'+' if signed else ''}.2f} ± {row[f'{key}_std']:.2f}"
 
-    lines = ["| model | data | compression | transition | runs (done/failed) | test acc. β=0 (%) | gain over one-shot "
-             "(points) | zeros | bits/weight | params after / before | bytes on disk, exported / dense |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | data | compression | transition | runs (done/failed) | test acc. β=0 (%) | VCON's gain over "
+             "one-shot (points) | over gradual (points) | zeros | bits/weight | params after / before | bytes on disk, "
+             "exported / dense |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         figures = (f"{100 * r['zero_fraction']:.1f} % | {r['bits_per_weight']:.2f} | "
                    f"{r['params_after']:,} / {r['params_before']:,}") if "zero_fraction" in r else "– | – | –"
         lines.append(f"| {r['model']} | {r['data']} | {r['compression']} | {r['transition']} | "
                      f"{r['runs']} ({r['done']}/{r['failed']}) | {pm(r, 'test_acc')} | {pm(r, 'gain', True)} | "
+                     f"{pm(r, 'gain_gradual', True)} | "
                      f"{figures} | {_on_disk(r)} |")
     failures = [r for r in runs if r["status"] != "done"]
     if failures:

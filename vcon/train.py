@@ -28,18 +28,23 @@ from vcon.blend import BlendedBranches, block_gap
 from vcon.compression import Compression, from_config as compression_from_config
 from vcon.controller import Controller, compress_
 from vcon.errors import ConfigError, require
+from vcon.method import VCON, Gradual, Method, from_config as method_from_config
 from vcon.preemption import StopRequest
 from vcon.train_step import autocast_for, build_step, compiles, logits
 
 log = logging.getLogger(__name__)
 
 
-def check(cfg: Any) -> Compression:
-    """Every cheap check of the whole config, before anything is loaded. Returns the compression it describes."""
+def check(cfg: Any) -> tuple[Compression, Method]:
+    """Every cheap check of the whole config, before anything is loaded. Returns the compression and the method it
+    describes."""
     data.check(cfg.data)
     model.check(cfg.model)
     tracking.check(cfg)
-    compression = compression_from_config(cfg.compression)
+    compression, method = compression_from_config(cfg.compression), method_from_config(cfg.method)
+    if compression.dense and isinstance(method, Gradual):
+        raise ConfigError("method=gradual is not allowed with compression=none: nothing is compressed, so nothing "
+                          "can grow in; choose a compression (prune, quant, lrd, prune-quant) or method=vcon")
     require(cfg.vcon.shape in schedule.SHAPES, "vcon.shape", cfg.vcon.shape, f"one of {sorted(schedule.SHAPES)}")
     t = cfg.train
     require(isinstance(t.epochs, int) and t.epochs >= 1, "train.epochs", t.epochs, "an integer >= 1")
@@ -67,7 +72,11 @@ def check(cfg: Any) -> Compression:
     if t.cuda_graph is True and (cfg.device == "cpu" or not torch.cuda.is_available()):
         raise ConfigError("train.cuda_graph=true is not allowed without a CUDA device (CUDA graphs replay GPU work); "
                           "allowed here: auto or false")
-    return compression
+    if t.cuda_graph is True and isinstance(method, Gradual):
+        raise ConfigError("train.cuda_graph=true is not allowed with method=gradual: its strength changes the "
+                          "step's shapes at every step, which a replayed graph cannot follow; allowed: auto (off "
+                          "for gradual runs) or false")
+    return compression, method
 
 
 @torch.no_grad()
@@ -100,11 +109,12 @@ class Progress:
 
 
 def build_model(cfg: Any, compression: Compression, num_classes: int, device: torch.device,
-                beta_schedule: schedule.Schedule) -> tuple[Controller, Pipeline]:
+                beta_schedule: schedule.Schedule, method: Method = VCON) -> tuple[Controller, Pipeline]:
     """The configured model on ``device`` with its ``target`` modules compressed by ``compress_`` (the controller
     holds the model), and the input pipeline."""
     net = model.build(cfg.model, num_classes).to(device)
-    controller = compress_(net, compression, schedule=beta_schedule, filter_fn=targets.from_config(net, cfg.target))
+    controller = compress_(net, compression, schedule=beta_schedule, filter_fn=targets.from_config(net, cfg.target),
+                           method=method)
     pipeline = Pipeline(cfg.train.augment, net.config.image_size, net.config.num_channels, list(cfg.model.mean),
                         list(cfg.model.std), num_classes, device, compiled=compiles(cfg.train, device))
     return controller, pipeline
@@ -116,7 +126,7 @@ def run(cfg: Any, run_dir: str | Path, on_epoch_end: Callable[[int], None] | Non
     ``run_name`` and ``group`` name it for W&B (default: the folder's name, no group)."""
     started = time.perf_counter()
     run_dir = Path(run_dir)
-    compression = check(cfg)
+    compression, method = check(cfg)
     if model.needs_hub(cfg.model):
         hub.require_reachable(f"model {cfg.model.pretrained!r}")
     if data.needs_hub(cfg.data):
@@ -136,7 +146,7 @@ def run(cfg: Any, run_dir: str | Path, on_epoch_end: Callable[[int], None] | Non
         if state is not None and state["finished"] and (run_dir / "results.json").exists():
             log.info("%s already finished; results.json kept as it is", run_dir)
             return json.loads((run_dir / "results.json").read_text()) if world.main else None
-        training = Training(cfg, run_dir, compression, device, world, state)
+        training = Training(cfg, run_dir, compression, method, device, world, state)
         training.fit(on_epoch_end, run_name or run_dir.name, group)
         return training.finish(started)
 
@@ -155,7 +165,7 @@ def _checkpoint_of(cfg: Any, run_dir: Path) -> dict[str, Any] | None:
 class Training:
     """One run from its build to its results: data, model and controller, optimizer step, progress, tracking."""
 
-    def __init__(self, cfg: Any, run_dir: Path, compression: Compression, device: torch.device,
+    def __init__(self, cfg: Any, run_dir: Path, compression: Compression, method: Method, device: torch.device,
                  world: distributed.World, state: dict[str, Any] | None) -> None:
         self.cfg, self.t, self.run_dir, self.device, self.world = cfg, cfg.train, run_dir, device, world
         # data: a seeded order per epoch over `epoch_images` of the training split
@@ -169,17 +179,18 @@ class Training:
         beta_schedule = (schedule.ONE_SHOT if compression.dense else
                          schedule.from_config(cfg.vcon, self.steps_per_epoch, total_steps))
         # model, blended at β = 1 (still the dense model, whose accuracy is measured once)
-        self.controller, self.pipeline = build_model(cfg, compression, self.dataset.num_classes, device, beta_schedule)
+        self.controller, self.pipeline = build_model(cfg, compression, self.dataset.num_classes, device, beta_schedule,
+                                                     method)
         self.net, self.autocast = self.controller.model, autocast_for(self.t, device)
         self.dense_acc = state["dense_test_acc"] if state else self.evaluate(self.dataset.test)
         log.info("dense test accuracy %.2f %%; %s", self.dense_acc, "dense fine-tuning" if compression.dense else
-                 f"compressing {len(self.controller.names)} modules with {compression}")
+                 f"compressing {len(self.controller.names)} modules with {compression}, {method.describe()}")
         # the optimizer step, over the parameters trained from where the run stands
         self.progress = Progress(**state["progress"]) if state else Progress()
         if state:
             self.controller.load_state_dict(state["controller"])  # first: at β = 0 the originals are gone
         self.step = build_step(self.net, self.pipeline, self.t, self.steps_per_epoch, total_steps, device, world,
-                               self.controller.beta)
+                               self.controller.beta, capturable=not isinstance(method, Gradual))
         if state:
             self.resume(state)
         self.resumed = state is not None
@@ -298,11 +309,10 @@ class Training:
         now = time.perf_counter()
         speed = self.t.log_every * self.t.batch_size / (now - self.last_log)
         self.last_log = now
-        beta = self.controller.beta.value
-        bar.set_postfix(loss=f"{loss:.4f}", beta=f"{beta:.3f}", img_s=f"{speed:.0f}")
+        bar.set_postfix(loss=f"{loss:.4f}", beta=f"{self.controller.beta.value:.3f}", img_s=f"{speed:.0f}")
         if self.tracker:
             self.tracker.log({"train/loss": loss, "train/lr": float(self.step.optimizer.param_groups[0]["lr"]),
-                              "vcon/beta": beta, "train/images_per_s": speed}, self.progress.step)
+                              "train/images_per_s": speed} | self.controller.scalars(), self.progress.step)
 
     def end_epoch(self, stop: StopRequest) -> None:
         """Evaluate, log and checkpoint the epoch just trained."""
@@ -359,6 +369,7 @@ class Training:
             "beta": self.controller.beta.value,
             "step": self.progress.step,
             "q_steps": None if self.controller.compression.dense else self.controller.schedule.q_steps,
+            "method": self.controller.method.name,
             "steps_per_epoch": self.steps_per_epoch,
             "processes": self.world.size,
             "compression": figures,

@@ -110,12 +110,14 @@ def _lr_as_device_tensor(optimizer: torch.optim.Optimizer) -> None:
 
 
 def build_step(net: nn.Module, pipeline: Pipeline, train: Any, steps_per_epoch: int, total_steps: int,
-               device: torch.device, world: distributed.World = distributed.SINGLE, beta: Beta | None = None) -> Step:
+               device: torch.device, world: distributed.World = distributed.SINGLE, beta: Beta | None = None,
+               capturable: bool = True) -> Step:
     """AdamW (fused on CUDA) with warm-up and cosine decay over the parameters ``net`` trains now (after any
     ``drop_originals``), the blocks compiled where ``train.compile`` says, and the ``Step`` that uses them, captured
     as a CUDA graph where ``train.cuda_graph`` says (then the lr is a device tensor and the optimizer capturable, and
-    the graph is captured again whenever ``beta``'s phase or the trained parameters change)."""
-    captured = captures(train, device, world)
+    the graph is captured again whenever ``beta``'s phase or the trained parameters change). ``capturable=False``:
+    the step's shapes change between steps (gradual compression), so it is never captured."""
+    captured = capturable and captures(train, device, world)
     optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad],
                                   lr=torch.tensor(train.lr, device=device) if captured else train.lr,
                                   weight_decay=train.weight_decay, fused=device.type == "cuda" or captured,

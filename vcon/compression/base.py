@@ -82,6 +82,11 @@ class Compression:
         """How this compression changes the storage of a matrix of ``weight_shape`` (see ``Footprint``)."""
         return fp
 
+    def ramp_figures(self, strength: float, shapes: list[torch.Size]) -> dict[str, float]:
+        """What the compression applies at ``strength`` (0: nothing, 1: all of it) to matrices of ``shapes``, for
+        the logs of a gradual run: e.g. ``{"zeros": 0.45}``."""
+        return {}
+
     def pack(self, module: nn.Module) -> Packed:
         """The β = 0 form of a blended ``module`` in its real storage (lossless w.r.t. what the β = 0 model
         computes)."""
@@ -100,12 +105,13 @@ class WeightCompression(Compression):
     ``pack_positions`` (how their positions are coded) and ``pack_values`` (how the stored values are coded).
     """
 
-    def compress(self, weight: torch.Tensor) -> torch.Tensor:
+    def compress(self, weight: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
         """``C(W)``: the compressed weight, same shape and dtype. ``weight`` may be a stack of matrices (``(..., out,
-        in)``), each compressed on its own. Called without autograd (gradients are straight-through)."""
+        in)``), each compressed on its own. Called without autograd (gradients are straight-through). ``strength``
+        below 1 applies part of the compression (gradual compression: ``vcon/method.py``); 0 changes nothing."""
         raise NotImplementedError
 
-    def compress_all(self, weights: list[torch.Tensor]) -> list[torch.Tensor]:
+    def compress_all(self, weights: list[torch.Tensor], strength: float = 1.0) -> list[torch.Tensor]:
         """``C(W)`` of many matrices: same-shaped ones are stacked and compressed in one call, so that a training step
         computes e.g. the top-k masks of ViT-T's 72 layers in 3 selections instead of 72 (on a GPU, each selection is
         tens of kernel launches)."""
@@ -114,7 +120,7 @@ class WeightCompression(Compression):
         for i, w in enumerate(weights):
             groups.setdefault((w.shape, w.dtype, w.device), []).append(i)
         for index in groups.values():
-            compressed = self.compress(torch.stack([weights[i] for i in index]))
+            compressed = self.compress(torch.stack([weights[i] for i in index]), strength)
             for i, c in zip(index, compressed.unbind(0)):
                 out[i] = c
         return out

@@ -32,10 +32,13 @@ class Chain(WeightCompression):
         for stage in self.stages:
             stage.check(layers)
 
-    def compress(self, weight: torch.Tensor) -> torch.Tensor:
-        for stage in self.stages:
-            weight = stage.compress(weight)
+    def compress(self, weight: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
+        for stage in self.stages:  # gradual: every stage ramps together
+            weight = stage.compress(weight, strength)
         return weight
+
+    def ramp_figures(self, strength: float, shapes: list[torch.Size]) -> dict[str, float]:
+        return {k: v for stage in self.stages for k, v in stage.ramp_figures(strength, shapes).items()}
 
     def footprint(self, fp: Footprint, weight_shape: torch.Size) -> Footprint:
         for stage in self.stages:

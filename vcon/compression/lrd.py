@@ -47,9 +47,15 @@ class LowRank(ModuleCompression):
     def describe(self) -> str:
         return f"low rank {self.rank}"
 
-    def rank_for(self, out_features: int, in_features: int) -> int:
+    def rank_for(self, out_features: int, in_features: int, strength: float = 1.0) -> int:
+        """The target rank of an out × in layer; at ``strength`` s < 1 (gradual rank reduction) the rank on the way
+        there, ``full − s·(full − target)``."""
         full = min(out_features, in_features)
-        return max(1, round(self.rank * full)) if isinstance(self.rank, float) else self.rank
+        target = max(1, round(self.rank * full)) if isinstance(self.rank, float) else self.rank
+        return target if strength >= 1 else round(full - strength * (full - target))
+
+    def ramp_figures(self, strength: float, shapes: list[torch.Size]) -> dict[str, float]:
+        return {"rank": sum(self.rank_for(*shape, strength) for shape in shapes) / max(len(shapes), 1)}
 
     def check(self, layers: dict[str, nn.Linear]) -> None:
         for name, layer in layers.items():

@@ -64,21 +64,29 @@ class Prune(WeightCompression):
                 raise ConfigError(f"compression.granularity={self.granularity} is not allowed for layer {name}: its "
                                   f"{layer.in_features} inputs do not split into groups of {m}")
 
-    def keep_mask(self, weight: torch.Tensor) -> torch.Tensor:
+    def keep_mask(self, weight: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
         """Boolean mask of the kept weights of a matrix or a stack of matrices (``(..., out, in)``); exact counts even
-        with ties (top-k, not a threshold)."""
+        with ties (top-k, not a threshold). At ``strength`` s < 1 (gradual pruning) the fraction of zeros is
+        ``s·ratio``, and N:M keeps ``M − round(s·(M − N))`` of every M."""
         scores = weight.detach().abs()
         rows, cols = scores.shape[-2:]
         if self.group is not None:
             n, m = self.group
-            return _top_k_mask(scores.reshape(-1, m), n).reshape(weight.shape)
+            return _top_k_mask(scores.reshape(-1, m), m - round(strength * (m - n))).reshape(weight.shape)
+        ratio = strength * self.ratio
         if self.granularity == "row":
-            return _top_k_mask(scores.reshape(-1, cols), cols - round(self.ratio * cols)).reshape(weight.shape)
+            return _top_k_mask(scores.reshape(-1, cols), cols - round(ratio * cols)).reshape(weight.shape)
         size = rows * cols
-        return _top_k_mask(scores.reshape(-1, size), size - round(self.ratio * size)).reshape(weight.shape)
+        return _top_k_mask(scores.reshape(-1, size), size - round(ratio * size)).reshape(weight.shape)
 
-    def compress(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight * self.keep_mask(weight)
+    def compress(self, weight: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
+        return weight * self.keep_mask(weight, strength)
+
+    def ramp_figures(self, strength: float, shapes: list[torch.Size]) -> dict[str, float]:
+        if self.group is not None:
+            n, m = self.group
+            return {"zeros": 1 - (m - round(strength * (m - n))) / m}
+        return {"zeros": strength * self.ratio}
 
     def footprint(self, fp: Footprint, weight_shape: torch.Size) -> Footprint:
         rows, cols = weight_shape

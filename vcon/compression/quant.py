@@ -30,15 +30,24 @@ class Quant(WeightCompression):
     def describe(self) -> str:
         return "binary" if self.bits == 1 else f"{self.bits}-bit"
 
-    def compress(self, weight: torch.Tensor) -> torch.Tensor:
+    def compress(self, weight: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
+        """At ``strength`` s < 1 (gradual, INQ's order) only the fraction s of the non-zero weights with the largest
+        magnitudes is quantized, the rest is left as it is; a binary scale is then the mean |W| of the quantized
+        ones, so the scale moves smoothly from the largest weights' to the whole layer's."""
         magnitude = weight.abs()
         matrix = (-2, -1)  # one scale per matrix, also in a stack of them
+        chosen = weight != 0 if strength >= 1 else _largest(magnitude, strength)
         if self.bits == 1:
-            scale = magnitude.sum(matrix, keepdim=True) / (weight != 0).sum(matrix, keepdim=True).clamp(min=1)
-            return torch.sign(weight) * scale
-        levels = 2 ** (self.bits - 1) - 1
-        scale = magnitude.amax(matrix, keepdim=True).clamp(min=torch.finfo(weight.dtype).tiny) / levels
-        return torch.round(weight / scale).clamp(-levels, levels) * scale
+            scale = (magnitude * chosen).sum(matrix, keepdim=True) / chosen.sum(matrix, keepdim=True).clamp(min=1)
+            quantized = torch.sign(weight) * scale
+        else:  # the largest weights are quantized first: the layer's max |W| is always among them
+            levels = 2 ** (self.bits - 1) - 1
+            scale = magnitude.amax(matrix, keepdim=True).clamp(min=torch.finfo(weight.dtype).tiny) / levels
+            quantized = torch.round(weight / scale).clamp(-levels, levels) * scale
+        return quantized if strength >= 1 else torch.where(chosen, quantized, weight)
+
+    def ramp_figures(self, strength: float, shapes: list[torch.Size]) -> dict[str, float]:
+        return {"binarised" if self.bits == 1 else "quantised": min(strength, 1.0)}
 
     def footprint(self, fp: Footprint, weight_shape: torch.Size) -> Footprint:
         return Footprint(fp.values, self.bits, fp.overhead_bits + 32)  # one fp32 scale per tensor
@@ -67,6 +76,15 @@ class Quant(WeightCompression):
     def dense_module(self, packed: Packed) -> nn.Module:
         return QuantLinear(*packed.meta["shape"], self.bits, packed.tensors["codes"], packed.tensors["scale"],
                            packed.tensors.get("bias"))
+
+
+def _largest(magnitude: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Per matrix of a stack: True at the ``fraction`` of its non-zero entries with the largest magnitudes."""
+    flat = magnitude.flatten(-2)
+    nonzero = flat != 0
+    count = (fraction * nonzero.sum(-1, keepdim=True)).round().long()
+    threshold = flat.sort(-1, descending=True).values.gather(-1, (count - 1).clamp(min=0))
+    return (nonzero & (flat >= threshold) & (count > 0)).view_as(magnitude)
 
 
 def _decode(codes: torch.Tensor, count: int, width: int, scale: torch.Tensor) -> torch.Tensor:
