@@ -189,6 +189,14 @@ def test_each_compression_reports_its_figures(tmp_path, overrides, check):
     assert json.loads((tmp_path / "results.json").read_text())["compression"] == results["compression"]
 
 
+@pytest.mark.parametrize("compression", ["compression=lrd", "compression=prune"])
+def test_a_one_shot_run_reports_the_dense_models_accuracy(tmp_path, compression):
+    """One-shot compresses at step 0: the dense accuracy is still measured on the model before compression."""
+    dense = quick(tmp_path / "dense", "compression=none", "train.epochs=1")
+    one_shot = quick(tmp_path / "one-shot", compression, "train.epochs=1", "vcon.epochs=0")
+    assert one_shot["dense_test_acc"] == dense["dense_test_acc"]
+
+
 def test_lrd_original_branches_are_gone_once_beta_is_zero(tmp_path):
     quick(tmp_path, "compression=lrd", "compression.rank=4", "train.epochs=2", "vcon.epochs=1")
     keys = checkpoint.load(tmp_path)["model"].keys()

@@ -103,8 +103,9 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     if batch.startswith("batch_"):
                         row[f"cpu_ms_{batch}_dense"], row[f"cpu_ms_{batch}_exported"] = t["dense_ms"], t["exported_ms"]
         rows.append(row)
+    order = {"one-shot": 0, "gradual": 1}  # then VCON: each compression's baselines before it
     rows.sort(key=lambda r: (r["compression"] != "dense", r["model"], r["data"], r["compression"],
-                             r["transition"] != "one-shot", r["transition"]))
+                             order.get(r["transition"].split(" Q=")[0], 2), r["transition"]))
     for row in rows:  # VCON against one-shot and gradual compression of the same compression, seed by seed
         if not row["transition"].startswith("VCON"):
             continue

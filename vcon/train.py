@@ -108,16 +108,26 @@ class Progress:
     mix_rng: Any = None  # MixUp's generator state, mid-epoch
 
 
-def build_model(cfg: Any, compression: Compression, num_classes: int, device: torch.device,
-                beta_schedule: schedule.Schedule, method: Method = VCON) -> tuple[Controller, Pipeline]:
-    """The configured model on ``device`` with its ``target`` modules compressed by ``compress_`` (the controller
-    holds the model), and the input pipeline."""
+def build_dense(cfg: Any, num_classes: int, device: torch.device) -> tuple[nn.Module, Pipeline]:
+    """The configured model on ``device``, not yet compressed, and its input pipeline."""
     net = model.build(cfg.model, num_classes).to(device)
-    controller = compress_(net, compression, schedule=beta_schedule, filter_fn=targets.from_config(net, cfg.target),
-                           method=method)
     pipeline = Pipeline(cfg.train.augment, net.config.image_size, net.config.num_channels, list(cfg.model.mean),
                         list(cfg.model.std), num_classes, device, compiled=compiles(cfg.train, device))
-    return controller, pipeline
+    return net, pipeline
+
+
+def compress_target(cfg: Any, net: nn.Module, compression: Compression, beta_schedule: schedule.Schedule,
+                    method: Method = VCON) -> Controller:
+    """``compress_`` on the modules the ``target`` config picks (the controller holds the model)."""
+    return compress_(net, compression, schedule=beta_schedule, filter_fn=targets.from_config(net, cfg.target),
+                     method=method)
+
+
+def build_model(cfg: Any, compression: Compression, num_classes: int, device: torch.device,
+                beta_schedule: schedule.Schedule, method: Method = VCON) -> tuple[Controller, Pipeline]:
+    """``build_dense`` then ``compress_target``: what a run trains, for benchmarks and tests."""
+    net, pipeline = build_dense(cfg, num_classes, device)
+    return compress_target(cfg, net, compression, beta_schedule, method), pipeline
 
 
 def run(cfg: Any, run_dir: str | Path, on_epoch_end: Callable[[int], None] | None = None, run_name: str | None = None,
@@ -178,11 +188,11 @@ class Training:
         total_steps = self.t.epochs * self.steps_per_epoch
         beta_schedule = (schedule.ONE_SHOT if compression.dense else
                          schedule.from_config(cfg.vcon, self.steps_per_epoch, total_steps))
-        # model, blended at β = 1 (still the dense model, whose accuracy is measured once)
-        self.controller, self.pipeline = build_model(cfg, compression, self.dataset.num_classes, device, beta_schedule,
-                                                     method)
-        self.net, self.autocast = self.controller.model, autocast_for(self.t, device)
+        # the model: its dense accuracy measured once, before compress_ (one-shot compresses at once), then compressed
+        self.net, self.pipeline = build_dense(cfg, self.dataset.num_classes, device)
+        self.autocast = autocast_for(self.t, device)
         self.dense_acc = state["dense_test_acc"] if state else self.evaluate(self.dataset.test)
+        self.controller = compress_target(cfg, self.net, compression, beta_schedule, method)
         log.info("dense test accuracy %.2f %%; %s", self.dense_acc, "dense fine-tuning" if compression.dense else
                  f"compressing {len(self.controller.names)} modules with {compression}, {method.describe()}")
         # the optimizer step, over the parameters trained from where the run stands

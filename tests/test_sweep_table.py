@@ -1,0 +1,53 @@
+"""The sweep table's three-way comparison: one-shot, gradual and VCON side by side, VCON's gain over each baseline
+paired by seed, from run identities composed by the real config tree."""
+import pytest
+
+from conftest import make_config
+from vcon import identity, report, sweep
+
+ACCURACY = {  # (method, Q epochs) -> test accuracy per seed
+    ("vcon", 0): {0: 80.0, 1: 81.0, 2: 79.0},
+    ("gradual", 3): {0: 83.0, 1: 82.0, 2: 84.5},
+    ("vcon", 3): {0: 85.0, 1: 85.5, 2: 85.0},
+}
+
+
+def runs(compression: str = "prune") -> list[dict]:
+    out = []
+    for (method, q), accuracies in ACCURACY.items():
+        for seed, acc in accuracies.items():
+            cfg = make_config(f"compression={compression}", f"method={method}", f"vcon.epochs={q}", f"seed={seed}")
+            results = {"test_acc": acc, "compression": {"zero_fraction": 0.9, "bits_per_weight": 4.2,
+                                                        "params_before": 100, "params_after": 10}}
+            out.append({"dir": identity.run_id(cfg), "identity": identity.identity(cfg), "status": "done",
+                        "results": results})
+    return out
+
+
+def test_vcon_is_paired_by_seed_with_one_shot_and_with_gradual():
+    rows = sweep.summarize(runs())
+    assert [r["transition"] for r in rows] == ["one-shot", "gradual Q=3 ep cubic", "VCON Q=3 ep linear"]
+    vcon = rows[2]
+    assert vcon["gain_mean"] == pytest.approx((5 + 4.5 + 6) / 3)
+    assert vcon["gain_gradual_mean"] == pytest.approx((2 + 3.5 + 0.5) / 3)
+    assert vcon["_gains"] == {"one-shot": [5.0, 4.5, 6.0], "gradual": [2.0, 3.5, 0.5]}
+    assert "gain_mean" not in rows[0] and "gain_mean" not in rows[1]  # the baselines have no gain of their own
+    table = sweep.markdown(rows, runs())
+    assert "| VCON's gain over one-shot (points) | over gradual (points) |" in table
+    assert "| +5.17 ± 0.76 | +2.00 ± 1.50 |" in table
+
+
+def test_other_compressions_are_not_paired_with_each_other():
+    rows = sweep.summarize(runs("prune") + runs("quant"))
+    assert len(rows) == 6
+    for row in rows:
+        if row["transition"].startswith("VCON"):
+            assert row["_gains"]["gradual"] == [2.0, 3.5, 0.5]
+
+
+def test_the_gain_plot_has_a_bar_per_baseline():
+    fig = report.gains(runs())
+    bars = [p for p in fig.axes[0].patches]
+    assert len(bars) == 2
+    assert sorted(round(b.get_height(), 3) for b in bars) == [2.0, round((5 + 4.5 + 6) / 3, 3)]
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["over one-shot", "over gradual"]
