@@ -12,9 +12,9 @@ ACCURACY = {  # (method, Q epochs) -> test accuracy per seed
 }
 
 
-def runs(compression: str = "prune") -> list[dict]:
+def runs(compression: str = "prune", accuracy: dict = ACCURACY) -> list[dict]:
     out = []
-    for (method, q), accuracies in ACCURACY.items():
+    for (method, q), accuracies in accuracy.items():
         for seed, acc in accuracies.items():
             cfg = make_config(f"compression={compression}", f"method={method}", f"vcon.epochs={q}", f"seed={seed}")
             results = {"test_acc": acc, "compression": {"zero_fraction": 0.9, "bits_per_weight": 4.2,
@@ -51,3 +51,20 @@ def test_the_gain_plot_has_a_bar_per_baseline():
     assert len(bars) == 2
     assert sorted(round(b.get_height(), 3) for b in bars) == [2.0, round((5 + 4.5 + 6) / 3, 3)]
     assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["over one-shot", "over gradual"]
+
+
+def test_a_single_run_shows_no_spread():
+    rows = sweep.summarize(runs(accuracy={("vcon", 0): {0: 80.0, 1: 81.0}, ("vcon", 3): {0: 84.0}}))
+    assert "test_acc_std" not in rows[1] and "gain_std" not in rows[1]
+    table = sweep.markdown(rows, [])
+    assert "| 80.50 ± 0.71 |" in table and "| 84.00 (one run) | +4.00 (one run) |" in table
+
+
+def test_accuracy_against_q_draws_a_line_per_method_from_the_shared_one_shot_runs():
+    accuracy = {**ACCURACY, ("vcon", 1): {0: 82.0}, ("gradual", 1): {0: 81.5}}
+    fig = report.accuracy_vs_q(runs(accuracy=accuracy))
+    lines = {bars.get_label(): bars.lines[0] for bars in fig.axes[0].containers}  # one errorbar set per line
+    assert sorted(lines) == ["prune 0.9 layer, VCON", "prune 0.9 layer, gradual"]
+    assert list(lines["prune 0.9 layer, VCON"].get_xdata()) == [0, 1, 3]
+    assert list(lines["prune 0.9 layer, VCON"].get_ydata()) == pytest.approx([80.0, 82.0, 85.1666667])
+    assert list(lines["prune 0.9 layer, gradual"].get_ydata()) == pytest.approx([80.0, 81.5, 83.1666667])

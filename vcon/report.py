@@ -110,10 +110,17 @@ def gains(runs: list[dict[str, Any]]) -> plt.Figure | None:
 
 
 def accuracy_vs_q(runs: list[dict[str, Any]]) -> plt.Figure | None:
-    """Test accuracy at β = 0 against the transition length Q, where a compression was run with 3 or more Qs."""
-    series = {name: _by(group, _q_epochs) for name, group in
-              _by([r for r in runs if _q_epochs(r) is not None], lambda r: sweep.describe(r["identity"])[0]).items()}
-    series = {name: qs for name, qs in series.items() if len(qs) >= 3}
+    """Test accuracy at β = 0 against the transition length Q: a line per compression and method (VCON, gradual)
+    that was run with 3 Qs or more, the one-shot runs (Q = 0) starting each."""
+    series = {}
+    for name, group in _by([r for r in runs if _q_epochs(r) is not None],
+                           lambda r: sweep.describe(r["identity"])[0]).items():
+        one_shot = [r for r in group if _q_epochs(r) == 0]
+        for method, members in _by([r for r in group if _q_epochs(r) != 0],
+                                   lambda r: sweep.method_of(r["identity"])).items():
+            by_q = _by(one_shot + members, _q_epochs)
+            if len(by_q) >= 3:
+                series[f"{name}, {method}"] = by_q
     if not series:
         return None
     fig, ax = plt.subplots(figsize=(5.5, 3.8))

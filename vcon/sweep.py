@@ -46,8 +46,13 @@ def describe(ident: dict[str, Any]) -> tuple[str, str]:
     q, unit = transition_length(vcon)
     if q == 0:
         return compression, "one-shot"
-    method = method_from_config(ident.get("method", {"name": VCON.name})).describe()  # absent: VCON (identity.py)
+    method = method_of(ident)
     return compression, f"{method} Q={q} steps {vcon['shape']}" if unit == "steps" else f"{method} Q={q:g} ep {vcon['shape']}"
+
+
+def method_of(ident: dict[str, Any]) -> str:
+    """The run's method in words: 'VCON' (also where the identity has no method section, see identity.py), 'gradual'."""
+    return method_from_config(ident.get("method", {"name": VCON.name})).describe()
 
 
 def read_run(run_dir: Path) -> dict[str, Any]:
@@ -76,6 +81,13 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def _put_mean_std(row: dict[str, Any], key: str, values: list[float]) -> None:
+    """``row[key_mean]``, and ``row[key_std]`` where there are two values or more (one has no spread to show)."""
+    row[f"{key}_mean"], std = mean_std(values)
+    if len(values) > 1:
+        row[f"{key}_std"] = std
+
+
 def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per configuration (runs that differ only in seed): dense first, then each compression, one-shot
     before VCON."""
@@ -92,7 +104,7 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                "failed": sum(r["status"] == "failed" for r in members), "_ident": ident,
                "_acc": {r["identity"]["seed"]: r["results"]["test_acc"] for r in done}}
         if done:
-            row["test_acc_mean"], row["test_acc_std"] = mean_std(list(row["_acc"].values()))
+            _put_mean_std(row, "test_acc", list(row["_acc"].values()))
             figures = done[0]["results"]["compression"]
             row.update({k: figures[k] for k in ("zero_fraction", "bits_per_weight", "params_before", "params_after")})
             exported = done[0]["results"].get("export")  # present when the run was exported (vcon/export.py)
@@ -115,7 +127,7 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             gains = [acc - twin["_acc"][seed] for seed, acc in row["_acc"].items() if seed in twin["_acc"]] if twin else []
             if gains:
                 row["_gains"][baseline] = gains
-                row[f"{key}_mean"], row[f"{key}_std"] = mean_std(gains)
+                _put_mean_std(row, key, gains)
     return rows
 
 
@@ -144,7 +156,8 @@ def markdown(rows: list[dict[str, Any]], runs: list[dict[str, Any]]) -> str:
     def pm(row: dict[str, Any], key: str, signed: bool = False) -> str:
         if f"{key}_mean" not in row:
             return "–"
-        return f"{row[f'{key}_mean']:{'+' if signed else ''}.2f} ± {row[f'{key}_std']:.2f}"
+        mean = f"{row[f'{key}_mean']:{'+' if signed else ''}.2f}"
+        return f"{mean} ± {row[f'{key}_std']:.2f}" if f"{key}_std" in row else f"{mean} (one run)"
 
     lines = ["| model | data | compression | transition | runs (done/failed) | test acc. β=0 (%) | VCON's gain over "
              "one-shot (points) | over gradual (points) | zeros | bits/weight | params after / before | bytes on disk, "
