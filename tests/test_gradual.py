@@ -75,6 +75,19 @@ def test_each_ramp_at_its_start_middle_and_end(compression, measure, expected):
         assert got == (pytest.approx(want, abs=0.01) if isinstance(want, float) else want)
 
 
+def test_gradual_low_rank_trains_only_the_directions_it_runs():
+    controller = compress_(tiny_vit(), LowRank(rank=4), schedule=Schedule("linear", Q), method=Gradual(svd_every=1))
+    for _ in range(Q // 2):
+        controller.step()
+    controller.model(pixel_values=torch.randn(8, 1, 16, 16)).logits.square().sum().backward()
+    for name in controller.names:
+        layer = controller.model.get_submodule(name)
+        weight, grad = layer.original.weight, layer.original.weight.grad
+        kept = layer.basis[:layer.compression.rank_for(*weight.shape, 0.5)]  # rows: the singular vectors run now
+        inside = grad @ kept.T @ kept if weight.shape[1] <= weight.shape[0] else kept.T @ (kept @ grad)
+        assert grad.abs().max() > 0 and torch.allclose(grad, inside, atol=1e-6), name  # none outside them
+
+
 def test_a_binarised_part_shares_one_scale_and_the_rest_is_untouched():
     w = torch.randn(16, 32)
     half = Quant(bits=1).compress(w, strength=0.5)

@@ -148,8 +148,11 @@ class BlendedBranches(nn.Module):
 
 class GradualBranches(BlendedBranches):
     """Gradual rank reduction, low rank's gradual form: during the ramp the layer runs its current weight projected
-    onto the top-r singular vectors of an SVD of that weight (straight-through to the weight), r falling from full
-    rank to the target as the strength ``1 − β`` grows. The SVD is refreshed every ``method.svd_every`` steps by
+    onto the top-r singular vectors of an SVD of that weight, r falling from full rank to the target as the strength
+    ``1 − β`` grows. The gradient goes through the projection, so only the directions the layer runs are trained: a
+    straight-through gradient would also move the dropped directions, which the loss never saw, and the next SVD
+    would pick them up (measured on vit-micro, rank 4, Q = 3 epochs: 72 % validation accuracy at the ramp's end
+    straight-through, 80 % through the projection). The SVD is refreshed every ``method.svd_every`` steps by
     the controller (``refresh``) and kept in the ``basis`` buffer, so a resumed run projects exactly as before. At
     β = 0 the factors ``g`` become the truncated SVD of the weight trained so far and the dense layer is dropped,
     as VCON's low rank drops it; ``g`` is in the optimizer from the start, but has no gradient before that."""
@@ -159,7 +162,7 @@ class GradualBranches(BlendedBranches):
         self.compression = compression
         side = min(original.weight.shape)
         self.register_buffer("basis", original.weight.new_empty(side, side, dtype=torch.float32))
-        self.precomputed: torch.Tensor | None = None  # the projected weight, set by blend_'s hooks around forwards
+        self.precomputed: torch.Tensor | None = None  # the projected weight (with its graph), set by blend_'s hooks
         self.refresh()
 
     @torch.no_grad()
@@ -180,10 +183,7 @@ class GradualBranches(BlendedBranches):
         if self.beta.phase == "original":
             return self.original.weight
         weight = self.precomputed
-        if weight is None:  # called outside the model's forward
-            with torch.no_grad():
-                weight = self.projected(strength(self.beta, gradual=True))
-        return _StraightThrough.apply(self.original.weight, weight)
+        return self.projected(strength(self.beta, gradual=True)) if weight is None else weight  # None: called alone
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.original is None:
@@ -255,8 +255,8 @@ def _precompute_around_forward(model: nn.Module, layers: list[nn.Module], compre
             if linears:
                 for layer, compressed in zip(linears, compression.compress_all([la.weight for la in linears], s)):
                     layer.precomputed = compressed
-            for layer in ramps:
-                layer.precomputed = layer.projected(s) if layer.original is not None else None
+        for layer in ramps:  # in the autograd graph: the gradient reaches the weight through the projection
+            layer.precomputed = layer.projected(s) if layer.original is not None else None
 
     def after(module: nn.Module, args: tuple, output: object) -> None:
         for layer in layers:
