@@ -105,11 +105,16 @@ def test_a_stopped_job_is_requeued_and_resumes_where_it_stopped(tmp_path, how):
             subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
         else:
             subprocess.run(["scontrol", "requeue", job_id], check=True)
-        # SLURM holds a requeued job for a while (its BeginTime) before starting it again; release it at once.
+        # SLURM holds a requeued job for a while (its BeginTime) before starting it again; release it early, but
+        # not within the second the old instance was killed: slurmd refuses a job credential from that second
+        # ("Job credential revoked") and the job FAILs, which is why SLURM holds it at all.
+        held_since = []
         def released():
             state = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T %r"], capture_output=True, text=True)
             if "BeginTime" in state.stdout:
-                subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True)
+                held_since[:] = held_since or [time.monotonic()]
+                if time.monotonic() - held_since[0] > 2:
+                    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True)
             return launcher.poll() is not None or "RUNNING" in state.stdout and checkpoint.load(run_dir)[
                 "progress"]["step"] > 0 and "resumed" in (run_dir / "run.log").read_text()
 
