@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForImageClassification, ViTConfig, ViTForImageClassification
 
-from vcon import compress_, export
+from vcon import compress_, export, model
 from vcon.compression import from_config
 from vcon.model import asset
 
@@ -60,9 +60,8 @@ def gpu_rows(controller, folder, label, budget):
     loaded = export.load(folder, "cuda")
     twin = export.dense_twin(net, compression, names).cuda()
     rows = {}
-    size = loaded.config.image_size
     for batch in export.BATCHES:
-        x = torch.randn(batch, loaded.config.num_channels, size, size, device="cuda")
+        x = {k: v.cuda() for k, v in model.example_inputs(loaded, batch).items()}
         d, e = export.latency([twin, loaded], x, budget)
         rows[f"batch_{batch}"] = {"dense_ms": 1e3 * d, "exported_ms": 1e3 * e, "dense_images_per_s": batch / d,
                                   "exported_images_per_s": batch / e, "exported_slower_than_dense": e > d,
@@ -72,7 +71,7 @@ def gpu_rows(controller, folder, label, budget):
             try:
                 half = twin.half()
                 sparse = semi_structured(export.dense_twin(net, compression, names).cuda(), names)
-                hd, hs = export.latency([half, sparse], x.half(), budget)
+                hd, hs = export.latency([half, sparse], {k: v.half() if v.is_floating_point() else v for k, v in x.items()}, budget)
                 rows[f"batch_{batch}"] |= {"fp16_dense_ms": 1e3 * hd, "fp16_semi_structured_ms": 1e3 * hs}
             except Exception as e:  # noqa: BLE001  (report what the card refused, rather than no table at all)
                 rows[f"batch_{batch}"]["fp16_semi_structured_error"] = f"{type(e).__name__}: {e}"[:300]

@@ -50,7 +50,7 @@ def main() -> None:
     print("attention implementation:", controller.model.config._attn_implementation)
     images = train_speed.fake_cifar(cfg, device, 10_000)
     index = torch.randint(0, len(images), (128,), device=device)
-    prepared = [pipeline.train_batch(images.images[index], images.labels[index],
+    prepared = [pipeline.train_batch(images.inputs[index], images.labels[index],
                                      *pipeline.draw_mix(128, torch.Generator()))]
     for _ in range(8):
         step.optimize(prepared)

@@ -118,24 +118,25 @@ def measure(name: str, args, device: torch.device, precision: str, compile_: boo
 
     def e2e() -> None:
         index = batch_indices()
-        step(images.images[index], images.labels[index], mix_rng)
+        step(images.inputs[index], images.labels[index], mix_rng)
 
     def augment(images_: torch.Tensor, labels: torch.Tensor, *mix: torch.Tensor) -> torch.Tensor:
-        return pipeline.train_batch(images_, labels, *mix)[0]
+        return pipeline.train_batch(images_, labels, *mix)[0]["pixel_values"]
 
     def optimize(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return step.optimize([(x, y)])
+        return step.optimize([({"pixel_values": x}, y)])
 
     if step.captured is not None:  # the step alone and the pipeline alone, captured like the whole step
         augment, optimize = (CapturedStep(fn, key=step.captured.key) for fn in (augment, optimize))
 
     def pipeline_only() -> None:
         index = batch_indices()
-        augment(images.images[index], images.labels[index], *pipeline.draw_mix(args.batch, mix_rng))
+        augment(images.inputs[index], images.labels[index], *pipeline.draw_mix(args.batch, mix_rng))
 
     index = batch_indices()
-    prepared = pipeline.train_batch(images.images[index], images.labels[index],
-                                    *pipeline.draw_mix(args.batch, mix_rng))
+    inputs, targets = pipeline.train_batch(images.inputs[index], images.labels[index],
+                                           *pipeline.draw_mix(args.batch, mix_rng))
+    prepared = inputs["pixel_values"], targets
     started = time.perf_counter()
     for _ in range(args.warmup):  # compilation (first calls), graph capture, allocator warm-up
         e2e()
@@ -172,7 +173,7 @@ def plain_loop(args, device: torch.device) -> float:
 
     def one() -> None:
         index = torch.randint(0, len(images), (args.batch,), device=device)
-        x = (images.images[index].float() / 255 - 0.5) / 0.5
+        x = (images.inputs[index].float() / 255 - 0.5) / 0.5
         F.cross_entropy(net(pixel_values=x).logits, images.labels[index]).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

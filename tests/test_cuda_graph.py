@@ -92,7 +92,7 @@ def test_the_learning_rate_is_one_device_tensor_filled_in_place_even_after_a_res
     cfg, net, beta, pipeline, step = build("compression=prune")
     lr = step.optimizer.param_groups[0]["lr"]
     assert isinstance(lr, torch.Tensor) and step.optimizer.param_groups[0]["capturable"]
-    factor = lr_schedule.WarmupCosine(round(cfg.train.warmup_epochs * 10), 100,
+    factor = lr_schedule.Warmup(round(cfg.train.warmup_epochs * 10), 100,
                                       cfg.train.warmup_start_lr / cfg.train.lr, cfg.train.min_lr / cfg.train.lr)
     for i in range(1, 4):
         step.lr_schedule.step()
@@ -156,7 +156,7 @@ def losses(steps: int, captured: bool, *overrides: str):
         if beta.value == 0:
             drop_originals(net, step.optimizer)
         batch = slice(64 * i, 64 * (i + 1))
-        out.append(step(split.images[batch], split.labels[batch], mix_rng))
+        out.append(step(split.inputs[batch], split.labels[batch], mix_rng))
     return torch.stack(out).cpu(), step, net
 
 

@@ -32,7 +32,7 @@ def test_images():
     cfg = make_config(*QUICK)
     split = data.load(cfg.data).test
     pipeline = Pipeline(cfg.train.augment, 28, 1, list(cfg.model.mean), list(cfg.model.std), 10, torch.device("cpu"))
-    return pipeline.eval_batch(split.images), split.labels
+    return pipeline.eval_batch(split.inputs)["pixel_values"], split.labels
 
 
 def accuracy(net, images, labels):

@@ -29,8 +29,8 @@ def fashion_mnist():
     """16 training batches of 64 and 1,000 test images, normalised as vit-micro expects (mean 0.5, std 0.5)."""
     split = data.load(make_config(*QUICK, f"data.train_size={BATCH * STEPS_PER_EPOCH}", "data.test_size=1000").data)
     normalise = lambda images: (images.float() / 255 - 0.5) / 0.5  # noqa: E731
-    loader = list(zip(normalise(split.train.images).split(BATCH), split.train.labels.split(BATCH)))
-    return loader, normalise(split.test.images), split.test.labels
+    loader = list(zip(normalise(split.train.inputs).split(BATCH), split.train.labels.split(BATCH)))
+    return loader, normalise(split.test.inputs), split.test.labels
 
 
 def run_example(code: str, loader) -> dict:

@@ -58,8 +58,9 @@ class Pipeline:
         return torch.full((), lam, device=self.device), perm
 
     def train_batch(self, images: torch.Tensor, labels: torch.Tensor, *mix: torch.Tensor
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Augmented inputs and target distributions (one-hot, mixed by ``mix``, ``draw_mix``'s (λ, permutation))."""
+                    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Augmented inputs (the model's keyword arguments) and target distributions (one-hot, mixed by ``mix``,
+        ``draw_mix``'s (λ, permutation))."""
         x = self._to_model_input(images, augment=True)
         # one-hot by comparison: F.one_hot checks the label range on the host on CPUs, a read a CUDA graph cannot
         # hold; labels are in range by construction (num_classes is the largest label + 1)
@@ -68,7 +69,7 @@ class Pipeline:
             lam, perm = mix
             x = torch.lerp(x[perm], x, lam)
             y = torch.lerp(y[perm], y, lam)
-        return x, y
+        return {"pixel_values": x}, y
 
-    def eval_batch(self, images: torch.Tensor) -> torch.Tensor:
-        return self._to_model_input(images, augment=False)
+    def eval_batch(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"pixel_values": self._to_model_input(images, augment=False)}

@@ -48,6 +48,7 @@ class TrainConfig:
     # epoch are allowed. vcon/train.py checks the range.
     warmup_epochs: Any = MISSING
     warmup_start_lr: float = MISSING
+    decay: str = MISSING  # cosine | linear (vcon/lr_schedule.py)
     weight_decay: float = MISSING
     grad_clip: Optional[float] = MISSING
     precision: str = MISSING

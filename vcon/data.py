@@ -1,8 +1,9 @@
-"""Datasets as in-memory uint8 tensors with fixed validation and test splits (the ``data`` config group).
+"""Datasets as in-memory tensors with fixed validation and test splits (the ``data`` config group): images as uint8
+here, texts as token ids (``vcon/text.py``).
 
-Whole datasets of this size (Fashion-MNIST 47 MB, CIFAR 150 MB) fit in memory as uint8, so batches are gathered by
-index and augmented on the training device; no DataLoader workers, and the data order is a seeded permutation per
-epoch that a resumed run can replay exactly.
+Whole datasets of this size (Fashion-MNIST 47 MB, CIFAR 150 MB, MNLI's 393k pairs as 128 int32 ids: 200 MB) fit in
+memory, so batches are gathered by index and prepared on the training device; no DataLoader workers, and the data
+order is a seeded permutation per epoch that a resumed run can replay exactly.
 """
 from __future__ import annotations
 
@@ -23,17 +24,25 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class Split:
-    images: torch.Tensor  # uint8, N x C x H x W
+    inputs: torch.Tensor  # images: uint8, N x C x H x W
     labels: torch.Tensor  # int64, N
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def subset(self, index: torch.Tensor) -> "Split":
-        return Split(self.images[index], self.labels[index])
+        return dataclasses.replace(self, inputs=self.inputs[index], labels=self.labels[index])
 
     def to(self, device: torch.device) -> "Split":
-        return Split(self.images.to(device), self.labels.to(device))
+        return dataclasses.replace(self, inputs=self.inputs.to(device), labels=self.labels.to(device))
+
+    def batch(self, index: torch.Tensor | slice) -> torch.Tensor:
+        """The inputs of the examples at ``index``."""
+        return self.inputs[index]
+
+    def order(self, permutation: torch.Tensor, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        """An epoch's order of examples, given its seeded permutation (texts group lengths here)."""
+        return permutation
 
 
 @dataclasses.dataclass
@@ -42,20 +51,34 @@ class Dataset:
     val: Split
     test: Split
     num_classes: int
+    metric: str = "accuracy"  # the headline metric (vcon/metrics.py)
 
     def to(self, device: torch.device) -> "Dataset":
         """The whole dataset on ``device`` (uint8: CIFAR-10 takes 184 MB of a GPU's memory); CPU runs keep it."""
         if device.type == "cpu":
             return self
-        return Dataset(self.train.to(device), self.val.to(device), self.test.to(device), self.num_classes)
+        return dataclasses.replace(self, train=self.train.to(device), val=self.val.to(device),
+                                   test=self.test.to(device))
 
 
-LOADERS: dict[str, Callable[[Any], tuple[Split, Split]]] = {}
+@dataclasses.dataclass
+class Loader:
+    """A ``data.name``: what it gives (``inputs``: ``image`` or ``text``, which the model must take) and how it is
+    read: ``read(data_cfg, model_cfg) -> (train, test)`` (texts are tokenised by the model's tokenizer)."""
+
+    read: Callable[[Any, Any], tuple[Split, Split]]
+    inputs: str = "image"
+    metric: Callable[[Any], str] = lambda cfg: "accuracy"
+    check: Callable[[Any], None] = lambda cfg: None
+    needs_hub: Callable[[Any], bool] = lambda cfg: True
 
 
-def loader(name: str):
+LOADERS: dict[str, Loader] = {}
+
+
+def loader(name: str, **kwargs: Any):
     def add(fn):
-        LOADERS[name] = fn
+        LOADERS[name] = Loader(fn, **kwargs)
         return fn
     return add
 
@@ -68,25 +91,25 @@ def check(cfg: Any) -> None:
         size = cfg.get(key)
         require(size is None or (isinstance(size, int) and size > 0), f"data.{key}", size,
                 "null (all) or an integer > 0")
-    if cfg.name == "imagefolder":
-        path = Path(str(cfg.path)).expanduser()
-        if not (path / "train").is_dir():
-            raise ConfigError(f"data.path={str(cfg.path)!r} is not allowed: expected a folder holding train/<class>/"
-                              f"*.png|jpg (and optionally test/<class>/...); {path / 'train'} does not exist")
+    LOADERS[cfg.name].check(cfg)
+
+
+def inputs(cfg: Any) -> str:
+    """What the dataset gives: ``image`` or ``text``."""
+    return LOADERS[cfg.name].inputs
 
 
 def needs_hub(cfg: Any) -> bool:
-    if cfg.name == "fashion-mnist":
-        return not (Path(cfg.root) / "train-images-idx3-ubyte.gz").exists()
-    return cfg.name != "imagefolder"
+    return LOADERS[cfg.name].needs_hub(cfg)
 
 
-def load(cfg: Any) -> Dataset:
-    """Load ``cfg.name`` and carve a fixed validation split (``val_size`` images, chosen by ``split_seed``, not by
-    the run's seed, so every run of a sweep validates on the same images) from its training split."""
+def load(cfg: Any, model_cfg: Any = None) -> Dataset:
+    """Load ``cfg.name`` and carve a fixed validation split (``val_size`` examples, chosen by ``split_seed``, not by
+    the run's seed, so every run of a sweep validates on the same ones) from its training split. ``model_cfg``:
+    the model whose tokenizer a text dataset needs."""
     check(cfg)
-    train, test = LOADERS[cfg.name](cfg)
-    require(cfg.val_size < len(train), "data.val_size", cfg.val_size, f"fewer than the {len(train)} training images")
+    train, test = LOADERS[cfg.name].read(cfg, model_cfg)
+    require(cfg.val_size < len(train), "data.val_size", cfg.val_size, f"fewer than the {len(train)} training examples")
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.split_seed))
     val, train = train.subset(order[: cfg.val_size]), train.subset(order[cfg.val_size:])
     if cfg.get("train_size") is not None:
@@ -94,9 +117,9 @@ def load(cfg: Any) -> Dataset:
     if cfg.get("test_size") is not None:  # quick runs: the first images of the fixed test split
         test = test.subset(torch.arange(min(cfg.test_size, len(test))))
     num_classes = int(max(train.labels.max(), test.labels.max())) + 1
-    log.info("data %s: %d train, %d val, %d test images of %s, %d classes", cfg.name, len(train), len(val),
-             len(test), tuple(train.images.shape[1:]), num_classes)
-    return Dataset(train, val, test, num_classes)
+    log.info("data %s: %d train, %d val, %d test examples of %s, %d classes", cfg.name, len(train), len(val),
+             len(test), tuple(train.inputs.shape[1:]), num_classes)
+    return Dataset(train, val, test, num_classes, LOADERS[cfg.name].metric(cfg))
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -108,10 +131,21 @@ def _read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
-@loader("fashion-mnist")
-def _fashion_mnist(cfg: Any) -> tuple[Split, Split]:
+def _fashion_mnist_missing(cfg: Any) -> bool:
+    return not (Path(cfg.root) / "train-images-idx3-ubyte.gz").exists()
+
+
+def _check_imagefolder(cfg: Any) -> None:
+    path = Path(str(cfg.path)).expanduser()
+    if not (path / "train").is_dir():
+        raise ConfigError(f"data.path={str(cfg.path)!r} is not allowed: expected a folder holding train/<class>/"
+                          f"*.png|jpg (and optionally test/<class>/...); {path / 'train'} does not exist")
+
+
+@loader("fashion-mnist", needs_hub=_fashion_mnist_missing)
+def _fashion_mnist(cfg: Any, model_cfg: Any = None) -> tuple[Split, Split]:
     root = Path(cfg.root)
-    if not needs_hub(cfg):
+    if not _fashion_mnist_missing(cfg):
         def split(prefix: str) -> Split:
             images = _read_idx(root / f"{prefix}-images-idx3-ubyte.gz")
             labels = _read_idx(root / f"{prefix}-labels-idx1-ubyte.gz")
@@ -123,13 +157,13 @@ def _fashion_mnist(cfg: Any) -> tuple[Split, Split]:
 
 @loader("cifar10")
 @loader("cifar100")
-def _from_hub(cfg: Any) -> tuple[Split, Split]:
+def _from_hub(cfg: Any, model_cfg: Any = None) -> tuple[Split, Split]:
     ds = hub.load_dataset(cfg.hub_id)
     return _to_split(ds["train"], cfg), _to_split(ds["test"], cfg)
 
 
-@loader("imagefolder")
-def _imagefolder(cfg: Any) -> tuple[Split, Split]:
+@loader("imagefolder", check=_check_imagefolder, needs_hub=lambda cfg: False)
+def _imagefolder(cfg: Any, model_cfg: Any = None) -> tuple[Split, Split]:
     import datasets  # a local folder never touches the hub
 
     ds = datasets.load_dataset("imagefolder", data_dir=str(Path(str(cfg.path)).expanduser()))
@@ -155,3 +189,6 @@ def _to_split(ds: Any, cfg: Any) -> Split:
         images.append(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
         labels.append(row[label_key])
     return Split(torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.int64))
+
+
+from vcon import text  # noqa: E402,F401  the text datasets (data=glue, data=text-files) join LOADERS

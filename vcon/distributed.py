@@ -43,12 +43,13 @@ def init(use_cuda: bool) -> World:
     return world
 
 
-def sum_(value: float, world: World) -> float:
+def sum_(value: torch.Tensor, world: World) -> torch.Tensor:
+    """The sum over the processes, on ``value``'s device (NCCL's collectives take CUDA tensors only)."""
     if world.size == 1:
         return value
-    tensor = torch.tensor([value], dtype=torch.float64)
-    dist.all_reduce(tensor)
-    return float(tensor)
+    total = value.clone()
+    dist.all_reduce(total)
+    return total
 
 
 def gather(obj: object, world: World) -> list:

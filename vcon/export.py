@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vcon import model
 from vcon.compression import Compression, Packed, from_config, to_config
 from vcon.controller import Controller, compress_
 from vcon.errors import ExportError
@@ -44,7 +45,7 @@ BATCHES = (1, 64)
 
 
 def load(folder: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """The exported model, ready for inference (``model(pixel_values=x).logits``)."""
+    """The exported model, ready for inference (``model(pixel_values=x).logits``, or ``model(input_ids=...)``)."""
     import transformers
     from safetensors.torch import load_file
 
@@ -186,31 +187,33 @@ def dense_twin(net: nn.Module, compression: Compression, names: list[str]) -> nn
     return twin.eval()
 
 
-def latency(nets: list[nn.Module], x: torch.Tensor, budget_s: float, min_reps: int = 3) -> list[float]:
+def latency(nets: list[nn.Module], inputs: dict[str, torch.Tensor], budget_s: float, min_reps: int = 3
+            ) -> list[float]:
     """Median seconds of one forward pass of each net: warm-up, then rounds that run each net once in turn (so that
     a busy machine slows them alike) until ``budget_s`` per net is spent (at least ``min_reps`` rounds)."""
-    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+    sync = torch.cuda.synchronize if next(iter(inputs.values())).is_cuda else (lambda: None)
     times: list[list[float]] = [[] for _ in nets]
     with torch.inference_mode():
         for net in nets:
-            net(pixel_values=x)
+            net(**inputs)
         sync()
         while len(times[0]) < min_reps or (sum(times[0]) < budget_s and len(times[0]) < 200):
             for net, spent in zip(nets, times):
                 start = time.perf_counter()
-                net(pixel_values=x)
+                net(**inputs)
                 sync()
                 spent.append(time.perf_counter() - start)
     return [statistics.median(t) for t in times]
 
 
-def _tokens(loaded: nn.Module, names: list[str], x: torch.Tensor) -> dict[str, int]:
+def _tokens(loaded: nn.Module, names: list[str], inputs: dict[str, torch.Tensor]) -> dict[str, int]:
     """Tokens per image that each compressed layer sees (its input rows per image), by a forward hook."""
     seen: dict[str, int] = {}
     hooks = [loaded.get_submodule(n).register_forward_pre_hook(
-        lambda m, args, n=n: seen.__setitem__(n, args[0].numel() // args[0].shape[-1] // len(x))) for n in names]
+        lambda m, args, n=n: seen.__setitem__(n, args[0].numel() // args[0].shape[-1] // batch)) for n in names]
+    batch = len(next(iter(inputs.values())))
     with torch.inference_mode():
-        loaded(pixel_values=x)
+        loaded(**inputs)
     for hook in hooks:
         hook.remove()
     return seen
@@ -219,7 +222,7 @@ def _tokens(loaded: nn.Module, names: list[str], x: torch.Tensor) -> dict[str, i
 def _figures(net: nn.Module, compression: Compression, packs: dict[str, Packed], loaded: nn.Module, folder: Path,
              dense: nn.Module, timing_s: float) -> dict[str, Any]:
     config = loaded.config
-    one = torch.randn(1, config.num_channels, config.image_size, config.image_size)
+    one = model.example_inputs(loaded, 1)
     tokens = _tokens(loaded, list(packs), one)
     layer_bytes = sum(t.numel() * t.element_size() for p in packs.values() for t in p.tensors.values())
     dense_layer_params = {n: math.prod(p.meta["shape"]) for n, p in packs.items()}
@@ -236,7 +239,7 @@ def _figures(net: nn.Module, compression: Compression, packs: dict[str, Packed],
         kind = "+".join(str(p.meta[k]) for k in ("positions", "values") if k in p.meta) or "low-rank factors"
         storage[kind] = storage.get(kind, 0) + 1
     with torch.inference_mode():
-        diff = float((loaded(pixel_values=one).logits - net(pixel_values=one).logits).abs().max())
+        diff = float((loaded(**one).logits - net(**one).logits).abs().max())
     figures: dict[str, Any] = {
         "compression": to_config(compression),
         "layers": len(packs),
@@ -259,8 +262,7 @@ def _figures(net: nn.Module, compression: Compression, packs: dict[str, Packed],
     if timing_s > 0:
         figures["latency"] = {"device": "cpu", "threads": torch.get_num_threads(), "processor": _processor()}
         for batch in BATCHES:
-            x = torch.randn(batch, *one.shape[1:])
-            d, e = latency([dense, loaded], x, timing_s)
+            d, e = latency([dense, loaded], model.example_inputs(loaded, batch), timing_s)
             figures["latency"][f"batch_{batch}"] = {
                 "dense_ms": 1e3 * d, "exported_ms": 1e3 * e, "dense_images_per_s": batch / d,
                 "exported_images_per_s": batch / e, "exported_slower_than_dense": e > d}

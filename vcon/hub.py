@@ -11,7 +11,9 @@ from typing import Any
 from vcon.errors import ConfigError
 
 OFFLINE_OPTIONS = ("offline options: model=vit-micro (shipped in this repository) or model=vit-micro-scratch, "
-                   "with data=fashion-mnist (Debian's dataset-fashion-mnist) or data=imagefolder data.path=<folder>")
+                   "with data=fashion-mnist (Debian's dataset-fashion-mnist) or data=imagefolder data.path=<folder>; "
+                   "for text, model=bert-micro-scratch model.tokenizer=<folder> with data=text-files "
+                   "data.path=<folder>")
 
 
 class HubUnavailable(ConfigError):
@@ -58,11 +60,13 @@ def from_pretrained(cls: Any, name: str, **kwargs: Any) -> Any:
         raise _unavailable(f"model {name!r}", error) from error
 
 
-def load_dataset(name: str) -> Any:
+def load_dataset(name: str, subset: str | None = None) -> Any:
+    """``datasets.load_dataset(name, subset)`` (``subset``: e.g. a GLUE task), from the cache when offline."""
     import datasets
 
-    require_reachable(f"dataset {name!r}")
+    what = f"dataset {name!r}" + (f" ({subset})" if subset else "")
+    require_reachable(what)
     try:
-        return datasets.load_dataset(name)
+        return datasets.load_dataset(name, subset)
     except (ConnectionError, OSError) as error:
-        raise _unavailable(f"dataset {name!r}", error) from error
+        raise _unavailable(what, error) from error

@@ -20,6 +20,9 @@ from vcon.schedule import transition_length
 # CUDA graphs: a run started eager may resume compiled).
 SECTIONS = ("seed", "model", "data", "compression", "method", "vcon", "target", "train")
 ONE_SHOT = {"shape": "linear", "epochs": 0, "steps": None}  # Q = 0, however it was asked for
+# Settings added after runs were made, with the value that behaves as those runs did: left out of the identity at
+# that value, so that finished runs keep their folders.
+SINCE = {("model", "inputs"): "image", ("train", "decay"): "cosine"}
 IGNORED = {"train": ("log_every", "eval_batch_size", "checkpoint_every_min", "compile", "cuda_graph")}
 
 
@@ -41,6 +44,9 @@ def identity(cfg: DictConfig) -> dict[str, Any]:
         raw.pop("method", None)
     if raw.get("method") == {"name": "vcon"}:  # the default: runs from before methods existed keep their ids
         raw.pop("method")
+    for (section, key), value in SINCE.items():  # likewise the settings added later, at their old behaviour
+        if raw.get(section, {}).get(key, value) == value:
+            raw.get(section, {}).pop(key, None)
     return raw
 
 

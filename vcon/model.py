@@ -1,11 +1,14 @@
-"""Models (the ``model`` config group): a pretrained image classifier from a local folder or a hub id, or a ViT
-built from its configuration with random weights."""
+"""Models (the ``model`` config group): a pretrained classifier from a local folder or a hub id, or one built from
+its configuration with random weights. ``inputs`` says what it takes: ``image`` (a ViT; the default) or ``text`` (a
+BERT-style encoder, with its tokenizer)."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+import torch
 from torch import nn
 
 from vcon import hub
@@ -15,29 +18,108 @@ log = logging.getLogger(__name__)
 SOURCES = ("pretrained", "scratch")
 
 
-def check(cfg: Any) -> None:
-    require(cfg.source in SOURCES, "model.source", cfg.source, f"one of {SOURCES}")
+def _check_image(cfg: Any) -> None:
     require(len(cfg.mean) == len(cfg.std) and min(cfg.std) > 0, "model.std", list(cfg.std),
             "positive values, as many as model.mean")
 
 
+def _check_text(cfg: Any) -> None:
+    require(isinstance(cfg.max_positions, int) and cfg.max_positions > 0, "model.max_positions", cfg.max_positions,
+            "the model's number of positions, an integer > 0")
+    require(cfg.source == "pretrained" or cfg.get("tokenizer"), "model.tokenizer", cfg.get("tokenizer"),
+            "a tokenizer (a folder in save_pretrained format, or a hub id) for a model built from its config")
+
+
+def _image_pipeline(cfg: Any, net: nn.Module, num_classes: int, device: torch.device, compiled: bool) -> Any:
+    from vcon.augment import Pipeline
+
+    return Pipeline(cfg.train.augment, net.config.image_size, net.config.num_channels, list(cfg.model.mean),
+                    list(cfg.model.std), num_classes, device, compiled=compiled)
+
+
+def _text_pipeline(cfg: Any, net: nn.Module, num_classes: int, device: torch.device, compiled: bool) -> Any:
+    from vcon.text import TextPipeline, tokenizer
+
+    return TextPipeline(tokenizer(tokenizer_name(cfg.model)).pad_token_id, num_classes, device)
+
+
+def _text_scratch(cfg: Any) -> dict[str, Any]:
+    """A text model built from its config takes its tokenizer's vocabulary and padding token."""
+    from vcon.text import tokenizer
+
+    tok = tokenizer(tokenizer_name(cfg))
+    return {"vocab_size": len(tok), "pad_token_id": tok.pad_token_id}
+
+
+def _image_example(config: Any, batch: int) -> dict[str, torch.Tensor]:
+    return {"pixel_values": torch.randn(batch, config.num_channels, config.image_size, config.image_size)}
+
+
+def _text_example(config: Any, batch: int, length: int = 128) -> dict[str, torch.Tensor]:
+    return {"input_ids": torch.randint(0, config.vocab_size, (batch, min(length, config.max_position_embeddings)))}
+
+
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+    """What a model takes: its transformers auto class, its checks, the pipeline that turns a dataset's batches into
+    its keyword arguments, an example input (export's measurements), and what a model built from its config takes
+    from elsewhere."""
+
+    auto_class: str
+    check: Callable[[Any], None]
+    pipeline: Callable[..., Any]
+    example: Callable[[Any, int], dict[str, torch.Tensor]]
+    scratch: Callable[[Any], dict[str, Any]] = lambda cfg: {}
+
+
+INPUTS = {
+    "image": Inputs("AutoModelForImageClassification", _check_image, _image_pipeline, _image_example),
+    "text": Inputs("AutoModelForSequenceClassification", _check_text, _text_pipeline, _text_example, _text_scratch),
+}
+
+
+def inputs(cfg: Any) -> str:
+    return cfg.get("inputs", "image")
+
+
+def check(cfg: Any) -> None:
+    require(cfg.source in SOURCES, "model.source", cfg.source, f"one of {SOURCES}")
+    require(inputs(cfg) in INPUTS, "model.inputs", inputs(cfg), f"one of {sorted(INPUTS)}")
+    INPUTS[inputs(cfg)].check(cfg)
+
+
 def needs_hub(cfg: Any) -> bool:
-    return cfg.source == "pretrained" and not Path(str(cfg.pretrained)).is_dir()
+    local = [cfg.get("tokenizer")] if cfg.source == "scratch" else [cfg.pretrained, cfg.get("tokenizer")]
+    return any(name is not None and not Path(str(name)).expanduser().is_dir() for name in local)
+
+
+def tokenizer_name(cfg: Any) -> str:
+    """A text model's tokenizer: ``model.tokenizer``, else the pretrained model's own."""
+    return str(cfg.get("tokenizer") or cfg.pretrained)
+
+
+def example_inputs(model: nn.Module, batch: int) -> dict[str, torch.Tensor]:
+    """Random inputs of the kind ``model`` takes (``export``'s latency and checks)."""
+    kind = "image" if hasattr(model.config, "image_size") else "text"
+    return INPUTS[kind].example(model.config, batch)
 
 
 def build(cfg: Any, num_classes: int) -> nn.Module:
     """``source: pretrained`` loads ``pretrained`` (a folder in ``save_pretrained`` format, or a hub id) and gives
-    it a ``num_classes`` head if its own differs; ``source: scratch`` builds ``ViTConfig(**cfg.vit)``."""
-    from transformers import AutoModelForImageClassification, ViTConfig, ViTForImageClassification
+    it a ``num_classes`` head if its own differs; ``source: scratch`` builds ``AutoConfig.for_model(**cfg.config)``
+    (a text model's vocabulary is its tokenizer's)."""
+    import transformers
 
     check(cfg)
+    kind = INPUTS[inputs(cfg)]
+    auto = getattr(transformers, kind.auto_class)
     if cfg.source == "scratch":
-        return ViTForImageClassification(ViTConfig(**cfg.vit, num_labels=num_classes))
+        return auto.from_config(transformers.AutoConfig.for_model(**cfg.config, **kind.scratch(cfg),
+                                                                  num_labels=num_classes))
     kwargs = dict(num_labels=num_classes, ignore_mismatched_sizes=True)
-    if needs_hub(cfg):
-        model = hub.from_pretrained(AutoModelForImageClassification, str(cfg.pretrained), **kwargs)
-    else:
-        model = AutoModelForImageClassification.from_pretrained(str(cfg.pretrained), **kwargs)
+    path = Path(str(cfg.pretrained)).expanduser()
+    model = (auto.from_pretrained(str(path), **kwargs) if path.is_dir() else
+             hub.from_pretrained(auto, str(cfg.pretrained), **kwargs))
     log.info("model %s: %.2f M parameters", cfg.name, sum(p.numel() for p in model.parameters()) / 1e6)
     return model
 

@@ -22,7 +22,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from vcon import checkpoint, data, distributed, hub, identity, model, results, schedule, targets, tracking
+from vcon import (checkpoint, data, distributed, hub, identity, lr_schedule, metrics, model, results, schedule, targets,
+                  text, tracking)
 from vcon.augment import Pipeline
 from vcon.blend import BlendedBranches, block_gap
 from vcon.compression import Compression, from_config as compression_from_config
@@ -40,6 +41,13 @@ def check(cfg: Any) -> tuple[Compression, Method]:
     describes."""
     data.check(cfg.data)
     model.check(cfg.model)
+    given, taken = data.inputs(cfg.data), model.inputs(cfg.model)
+    if given != taken:
+        allowed = sorted(name for name, loader in data.LOADERS.items() if loader.inputs == taken)
+        raise ConfigError(f"data={cfg.data.name} is not allowed with model={cfg.model.name}: the data is {given}, "
+                          f"the model takes {taken}; allowed data for it: {allowed}")
+    if taken == "text":
+        text.check_max_length(cfg.data, cfg.model)
     tracking.check(cfg)
     compression, method = compression_from_config(cfg.compression), method_from_config(cfg.method)
     if compression.dense and isinstance(method, Gradual):
@@ -53,8 +61,10 @@ def check(cfg: Any) -> tuple[Compression, Method]:
             "train.batch_size", t.batch_size, f"an integer >= 1 divisible by train.grad_accum={t.grad_accum}")
     require(t.epoch_size is None or (isinstance(t.epoch_size, int) and t.epoch_size > 0), "train.epoch_size",
             t.epoch_size, "null (a full pass over the training split) or a number of images > 0")
-    require(t.lr > 0 and 0 <= t.min_lr <= t.lr and 0 < t.warmup_start_lr <= t.lr, "train.lr/min_lr/warmup_start_lr",
-            (t.lr, t.min_lr, t.warmup_start_lr), "0 <= min_lr <= lr and 0 < warmup_start_lr <= lr")
+    require(t.lr > 0 and 0 <= t.min_lr <= t.lr and 0 <= t.warmup_start_lr <= t.lr, "train.lr/min_lr/warmup_start_lr",
+            (t.lr, t.min_lr, t.warmup_start_lr), "0 <= min_lr <= lr and 0 <= warmup_start_lr <= lr")
+    require(t.get("decay", "cosine") in lr_schedule.DECAYS, "train.decay", t.get("decay"),
+            f"one of {sorted(lr_schedule.DECAYS)}")
     require(isinstance(t.warmup_epochs, (int, float)) and 0 <= t.warmup_epochs <= t.epochs, "train.warmup_epochs",
             t.warmup_epochs, "a number of epochs in [0, train.epochs]")
     require(t.precision in ("auto", "fp32", "bf16"), "train.precision", t.precision, "auto, fp32 or bf16")
@@ -80,20 +90,27 @@ def check(cfg: Any) -> tuple[Compression, Method]:
 
 
 @torch.no_grad()
-def evaluate(net: nn.Module, split: data.Split, pipeline: Pipeline, batch_size: int, autocast: Callable,
-             world: distributed.World = distributed.SINGLE) -> float:
-    """Top-1 accuracy in percent; with several processes each takes a contiguous share of the split."""
+def evaluate(net: nn.Module, split: data.Split, pipeline: Any, batch_size: int, autocast: Callable,
+             metric: str = "accuracy", world: distributed.World = distributed.SINGLE) -> dict[str, float]:
+    """Accuracy and the headline ``metric``, in percent (``vcon.metrics``); with several processes each takes a
+    contiguous share of the split."""
     was_training = net.training
     net.eval()
     lo, hi = len(split) * world.rank // world.size, len(split) * (world.rank + 1) // world.size
-    correct = 0
+    counts = 0
     for start in range(lo, hi, batch_size):
         end = min(start + batch_size, hi)
         with autocast(), torch.compiler.set_stance("force_eager"):  # compiled blocks are for training steps
-            predicted = logits(net, pipeline.eval_batch(split.images[start:end])).argmax(-1)
-        correct += int((predicted == split.labels[start:end].to(predicted.device)).sum())
+            predicted = logits(net, pipeline.eval_batch(split.batch(slice(start, end)))).argmax(-1)
+        counts = counts + metrics.confusion(predicted, split.labels[start:end], len(pipeline.classes))
     net.train(was_training)
-    return 100.0 * distributed.sum_(correct, world) / len(split)
+    return metrics.compute(distributed.sum_(counts, world), metric)
+
+
+def keyed(values: dict[str, float], accuracy_key: str, metric_key: str) -> dict[str, float]:
+    """``{accuracy_key: accuracy}``, and ``{metric_key: value}`` when the headline metric is another."""
+    rest = [v for k, v in values.items() if k != "accuracy"]
+    return {accuracy_key: values["accuracy"]} | ({metric_key: rest[0]} if rest else {})
 
 
 @dataclasses.dataclass
@@ -111,8 +128,8 @@ class Progress:
 def build_dense(cfg: Any, num_classes: int, device: torch.device) -> tuple[nn.Module, Pipeline]:
     """The configured model on ``device``, not yet compressed, and its input pipeline."""
     net = model.build(cfg.model, num_classes).to(device)
-    pipeline = Pipeline(cfg.train.augment, net.config.image_size, net.config.num_channels, list(cfg.model.mean),
-                        list(cfg.model.std), num_classes, device, compiled=compiles(cfg.train, device))
+    pipeline = model.INPUTS[model.inputs(cfg.model)].pipeline(cfg, net, num_classes, device,
+                                                              compiles(cfg.train, device))
     return net, pipeline
 
 
@@ -180,7 +197,7 @@ class Training:
         self.cfg, self.t, self.run_dir, self.device, self.world = cfg, cfg.train, run_dir, device, world
         # data: a seeded order per epoch over `epoch_images` of the training split
         checkpoint.seed_everything(cfg.seed + world.rank)
-        self.dataset = data.load(cfg.data).to(device)  # on a GPU, batches are then gathered there: no copies
+        self.dataset = data.load(cfg.data, cfg.model).to(device)  # on a GPU, batches are then gathered there: no copies
         self.epoch_images = min(self.t.epoch_size or len(self.dataset.train), len(self.dataset.train))
         self.steps_per_epoch = self.epoch_images // self.t.batch_size
         require(self.steps_per_epoch >= 1, "train.batch_size", self.t.batch_size,
@@ -191,16 +208,18 @@ class Training:
         # the model: its dense accuracy measured once, before compress_ (one-shot compresses at once), then compressed
         self.net, self.pipeline = build_dense(cfg, self.dataset.num_classes, device)
         self.autocast = autocast_for(self.t, device)
-        self.dense_acc = state["dense_test_acc"] if state else self.evaluate(self.dataset.test)
+        self.dense = (state.get("dense_test") or {"accuracy": state["dense_test_acc"]} if state  # older: accuracy
+                      else self.evaluate(self.dataset.test))
         self.controller = compress_target(cfg, self.net, compression, beta_schedule, method)
-        log.info("dense test accuracy %.2f %%; %s", self.dense_acc, "dense fine-tuning" if compression.dense else
+        log.info("dense test %s; %s", self.describe(self.dense), "dense fine-tuning" if compression.dense else
                  f"compressing {len(self.controller.names)} modules with {compression}, {method.describe()}")
         # the optimizer step, over the parameters trained from where the run stands
         self.progress = Progress(**state["progress"]) if state else Progress()
         if state:
             self.controller.load_state_dict(state["controller"])  # first: at β = 0 the originals are gone
         self.step = build_step(self.net, self.pipeline, self.t, self.steps_per_epoch, total_steps, device, world,
-                               self.controller.beta, capturable=not isinstance(method, Gradual))
+                               self.controller.beta, capturable=not isinstance(method, Gradual) and
+                               model.inputs(cfg.model) == "image")  # texts: each batch has its own length
         if state:
             self.resume(state)
         self.resumed = state is not None
@@ -215,8 +234,13 @@ class Training:
         log.info("resumed %s at epoch %d, batch %d, step %d, beta %.4f", self.run_dir, p.epoch, p.batch, p.step,
                  self.controller.beta.value)
 
-    def evaluate(self, split: data.Split) -> float:
-        return evaluate(self.net, split, self.pipeline, self.t.eval_batch_size, self.autocast, self.world)
+    def evaluate(self, split: data.Split) -> dict[str, float]:
+        return evaluate(self.net, split, self.pipeline, self.t.eval_batch_size, self.autocast, self.dataset.metric,
+                        self.world)
+
+    @staticmethod
+    def describe(values: dict[str, float]) -> str:
+        return ", ".join(f"{metrics.LABELS[k]} {v:.2f} %" for k, v in values.items())
 
     def parallel(self) -> nn.Module:
         """What the step trains through: the model, or its DDP wrapper (rebuilt when the original branches are
@@ -234,7 +258,7 @@ class Training:
                              "controller": self.controller.state_dict(), "model": self.net.state_dict(),
                              "optimizer": self.step.optimizer.state_dict(),
                              "lr_schedule": self.step.lr_schedule.state_dict(), "rng": rng,
-                             "dense_test_acc": self.dense_acc, "finished": finished}, self.run_dir)
+                             "dense_test": self.dense, "finished": finished}, self.run_dir)
         distributed.barrier(self.world)
 
     def fit(self, on_epoch_end: Callable[[int], None] | None, run_name: str, group: str | None) -> None:
@@ -259,8 +283,9 @@ class Training:
         """The epoch's optimizer steps (from mid-epoch after a resume), checkpointing when a signal or the clock
         says so. Losses stay on the device until they are read, every ``log_every`` steps."""
         t, p, world = self.t, self.progress, self.world
-        order = torch.randperm(len(self.dataset.train), generator=torch.Generator().manual_seed(
-            self.cfg.seed * 100_003 + p.epoch))[:self.epoch_images].to(self.dataset.train.labels.device)
+        generator = torch.Generator().manual_seed(self.cfg.seed * 100_003 + p.epoch)
+        order = self.dataset.train.order(torch.randperm(len(self.dataset.train), generator=generator)[
+            :self.epoch_images].to(self.dataset.train.labels.device), t.batch_size, generator)
         mix_rng = torch.Generator().manual_seed(self.cfg.seed * 100_019 + p.epoch + 7919 * world.rank)
         if p.mix_rng is not None:
             mix_rng.set_state(p.mix_rng)
@@ -272,7 +297,7 @@ class Training:
         while p.batch < self.steps_per_epoch:
             first = p.batch * t.batch_size
             batch = order[first:first + t.batch_size][world.rank::world.size]  # this process's share
-            loss = self.step(self.dataset.train.images[batch], self.dataset.train.labels[batch], mix_rng)
+            loss = self.step(self.dataset.train.batch(batch), self.dataset.train.labels[batch], mix_rng)
             p.step, p.batch = p.step + 1, p.batch + 1
             pending.append(self._mean_over_processes(loss, stop))
             if self.controller.step(self.step.optimizer):  # β for the next step; at 0 the originals leave
@@ -328,21 +353,22 @@ class Training:
         """Evaluate, log and checkpoint the epoch just trained."""
         p, t = self.progress, self.t
         seconds = time.perf_counter() - self.epoch_start
-        metrics = {"epoch": p.epoch + 1, "step": p.step, "beta": self.controller.beta.value,
-                   "loss": p.loss_sum / self.steps_per_epoch, "lr": float(self.step.optimizer.param_groups[0]["lr"]),
-                   "images_per_s": (self.steps_per_epoch - self.epoch_first_batch) * t.batch_size / seconds}
-        metrics |= self.validate()
-        p.history.append(metrics)
+        row = {"epoch": p.epoch + 1, "step": p.step, "beta": self.controller.beta.value,
+               "loss": p.loss_sum / self.steps_per_epoch, "lr": float(self.step.optimizer.param_groups[0]["lr"]),
+               "images_per_s": (self.steps_per_epoch - self.epoch_first_batch) * t.batch_size / seconds}
+        row |= self.validate()
+        p.history.append(row)
         p.epoch, p.batch, p.loss_sum, p.mix_rng = p.epoch + 1, 0, 0.0, None
         if self.tracker:
             figures = self.controller.figures()
-            self.tracker.log({f"epoch/{k}": v for k, v in metrics.items() if k not in ("epoch", "step", "lr")}
+            self.tracker.log({f"epoch/{k}": v for k, v in row.items() if k not in ("epoch", "step", "lr")}
                              | {f"compression/{k}": v for k, v in figures.items() if k != "name"}
                              | {"epoch": p.epoch}, p.step)
+        headline = "val_metric_compressed" if "val_metric_compressed" in row else "val_acc_compressed"
+        blended = headline.replace("compressed", "blended")
         log.info("epoch %d/%d  step %d  beta %.3f  loss %.4f  val %s%.2f %% at beta=0  %.0f img/s", p.epoch, t.epochs,
-                 p.step, metrics["beta"], metrics["loss"],
-                 f"{metrics['val_acc_blended']:.2f} % blended, " if "val_acc_blended" in metrics else "",
-                 metrics["val_acc_compressed"], metrics["images_per_s"])
+                 p.step, row["beta"], row["loss"], f"{row[blended]:.2f} % blended, " if blended in row else "",
+                 row[headline], row["images_per_s"])
         self.save(finished=p.epoch == t.epochs)
         self.last_save = time.monotonic()
         if stop.requested and p.epoch < t.epochs:
@@ -353,29 +379,31 @@ class Training:
         original and compressed blocks are on a fixed probe batch."""
         beta = self.controller.beta
         with beta.fixed(0.0):
-            metrics = {"val_acc_compressed": self.evaluate(self.dataset.val)}
+            values = keyed(self.evaluate(self.dataset.val), "val_acc_compressed", "val_metric_compressed")
         if 0 < beta.value < 1:
-            metrics["val_acc_blended"] = self.evaluate(self.dataset.val)
-        probe = self.dataset.val.images[:64]
+            values |= keyed(self.evaluate(self.dataset.val), "val_acc_blended", "val_metric_blended")
+        probe = self.dataset.val.batch(slice(0, 64))
         self.net.eval()
         gap = block_gap(self.net, lambda: logits(self.net, self.pipeline.eval_batch(probe)))
         self.net.train()
-        return metrics | ({"block_gap": gap} if gap is not None else {})
+        return values | ({"block_gap": gap} if gap is not None else {})
 
     def finish(self, started: float) -> dict[str, Any] | None:
         """The β = 0 test accuracy and the run's results (``results.json``, W&B summary; export when asked)."""
         with self.controller.beta.fixed(0.0):
-            test_acc = self.evaluate(self.dataset.test)
+            test = keyed(self.evaluate(self.dataset.test), "test_acc", "test_metric")
         if not self.world.main:
             return None
         figures = self.controller.figures()
-        self.tracker.log({"final/test_acc": test_acc}, self.progress.step)
-        self.tracker.finish({"test_acc": test_acc, "dense_test_acc": self.dense_acc}
-                            | {f"compression/{k}": v for k, v in figures.items() if k != "name"})
+        test |= keyed(self.dense, "dense_test_acc", "dense_test_metric")
+        self.tracker.log({f"final/{k}": v for k, v in test.items() if not k.startswith("dense")}, self.progress.step)
+        self.tracker.finish(test | {f"compression/{k}": v for k, v in figures.items() if k != "name"})
+        last = self.progress.history[-1]
         summary = {
-            "dense_test_acc": self.dense_acc,
-            "test_acc": test_acc,
-            "val_acc": self.progress.history[-1]["val_acc_compressed"],
+            "metric": self.dataset.metric,  # the headline: test_metric where it is not accuracy (vcon/metrics.py)
+            **test,
+            "val_acc": last["val_acc_compressed"],
+            **({"val_metric": last["val_metric_compressed"]} if "val_metric_compressed" in last else {}),
             "beta": self.controller.beta.value,
             "step": self.progress.step,
             "q_steps": None if self.controller.compression.dense else self.controller.schedule.q_steps,
@@ -389,6 +417,8 @@ class Training:
         }
         if self.cfg.save_pretrained:
             self.net.save_pretrained(self.run_dir / "pretrained")
+            if model.inputs(self.cfg.model) == "text":  # the tokenizer goes with it
+                text.tokenizer(model.tokenizer_name(self.cfg.model)).save_pretrained(self.run_dir / "pretrained")
         results.write(summary, self.run_dir)
         if self.cfg.get("export"):  # real compressed storage of the β = 0 model, its figures added to results.json
             from vcon import export

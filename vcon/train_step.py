@@ -19,12 +19,13 @@ from vcon.cuda_graph import CapturedStep
 log = logging.getLogger(__name__)
 
 
-def logits(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return net(pixel_values=x).logits
+def logits(net: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The model's logits for a pipeline's batch (its keyword arguments: ``pixel_values``, or ``input_ids``...)."""
+    return net(**inputs).logits
 
 
 class Step:
-    """One optimizer step on a batch of uint8 images: augmentation on the device, forward and backward (under
+    """One optimizer step on a batch (uint8 images, or token ids): its preparation on the device (augmentation), forward and backward (under
     ``autocast``), gradient clipping, AdamW, the LR schedule. ``run`` trains through it and ``bench/train_speed.py``
     times it, so the benchmark measures the code that trains.
 

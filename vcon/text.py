@@ -1,0 +1,190 @@
+"""Text classification data (``data=glue``, ``data=text-files``): tokenised once, by the model's own tokenizer, into
+an int32 tensor of token ids, and batches padded to their longest sequence.
+
+An example is ``inputs[i]``: ``[1 or 2, max_length]`` (token ids, and the token types where the tokenizer makes them:
+BERT's sentence A/B), padded with -1 after its last token. A batch is cut to its longest example, and an epoch's
+batches can be grouped by length (``data.group_by_length``, as the Hugging Face Trainer's ``group_by_length``), so
+that short sentences are not padded to a long one's length.
+
+GLUE's test labels are hidden, so its official validation split is the test split here, and the validation split is
+carved from training by ``split_seed``, as for images.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from vcon import hub, model
+from vcon.data import Split, loader
+from vcon.errors import ConfigError, require
+
+log = logging.getLogger(__name__)
+PAD = -1
+MEGABATCH = 50  # batches sorted by length together (the Trainer's group_by_length uses 50 too)
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """A GLUE task: its text columns, headline metric and test split (the official validation split)."""
+
+    columns: tuple[str, ...]
+    metric: str = "accuracy"
+    test: str = "validation"
+    subset: str | None = None  # the GLUE config, where it is not the task's name
+
+
+GLUE = {
+    "sst2": Task(("sentence",)),
+    "cola": Task(("sentence",), metric="matthews"),
+    "mrpc": Task(("sentence1", "sentence2"), metric="f1"),
+    "qqp": Task(("question1", "question2"), metric="f1"),
+    "qnli": Task(("question", "sentence")),
+    "rte": Task(("sentence1", "sentence2")),
+    "mnli": Task(("premise", "hypothesis"), test="validation_matched"),
+    "mnli-mm": Task(("premise", "hypothesis"), test="validation_mismatched", subset="mnli"),
+}
+
+
+@dataclasses.dataclass
+class TokenSplit(Split):
+    """``inputs``: int32, N x (1 or 2) x max_length, padded with -1."""
+
+    group_by_length: bool = False
+
+    def lengths(self) -> torch.Tensor:
+        return (self.inputs[:, 0] != PAD).sum(-1)
+
+    def batch(self, index: torch.Tensor | slice) -> torch.Tensor:
+        rows = self.inputs[index]
+        return rows[..., :int((rows[:, 0] != PAD).sum(-1).max())]  # padded to the batch's longest example
+
+    def order(self, permutation: torch.Tensor, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        """With ``group_by_length``: megabatches of 50 batches of the permutation, each sorted by length, then their
+        batches shuffled (the same seeded draw in every process)."""
+        if not self.group_by_length:
+            return permutation
+        lengths = self.lengths()[permutation].cpu()
+        chunk = MEGABATCH * batch_size
+        parts = [permutation[i:i + chunk][lengths[i:i + chunk].argsort(descending=True, stable=True).to(
+            permutation.device)] for i in range(0, len(permutation), chunk)]
+        ordered = torch.cat(parts)
+        whole = len(ordered) // batch_size
+        batches = ordered[:whole * batch_size].view(whole, batch_size)
+        shuffled = batches[torch.randperm(whole, generator=generator).to(batches.device)].flatten()
+        return torch.cat([shuffled, ordered[whole * batch_size:]])
+
+
+class TextPipeline:
+    """Batches on the training device: token ids in (``TokenSplit.batch``), the model's keyword arguments out."""
+
+    def __init__(self, pad_token_id: int, num_classes: int, device: torch.device) -> None:
+        self.pad_token_id, self.device = pad_token_id, device
+        self.classes = torch.arange(num_classes, device=device)
+
+    def draw_mix(self, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        return ()  # no MixUp for text
+
+    def train_batch(self, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        return self.eval_batch(inputs), (labels.to(self.device)[:, None] == self.classes).float()
+
+    def eval_batch(self, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        inputs = inputs.to(self.device, non_blocking=True).long()
+        ids, mask = inputs[:, 0], inputs[:, 0] != PAD
+        batch = {"input_ids": ids.masked_fill(~mask, self.pad_token_id), "attention_mask": mask.long()}
+        if inputs.shape[1] == 2:
+            batch["token_type_ids"] = inputs[:, 1].clamp(min=0)
+        return batch
+
+
+@functools.cache
+def tokenizer(name: str) -> Any:
+    """The tokenizer at ``name`` (a folder in ``save_pretrained`` format, or a hub id: the cache, else the hub)."""
+    from transformers import AutoTokenizer
+
+    if Path(name).expanduser().is_dir():
+        return AutoTokenizer.from_pretrained(str(Path(name).expanduser()))
+    return hub.from_pretrained(AutoTokenizer, name)
+
+
+def tokenize(columns: Sequence[Sequence[str]], labels: Sequence[int], tok: Any, max_length: int,
+             group_by_length: bool) -> TokenSplit:
+    """One or two text columns (sentence pairs) as a ``TokenSplit``, truncated to ``max_length`` tokens."""
+    encoded = tok(*columns, truncation=True, max_length=max_length)
+    ids = encoded["input_ids"]
+    types = encoded.get("token_type_ids") if len(columns) == 2 else None
+    inputs = torch.full((len(ids), 1 if types is None else 2, max_length), PAD, dtype=torch.int32)
+    for i, row in enumerate(ids):
+        inputs[i, 0, :len(row)] = torch.tensor(row, dtype=torch.int32)
+        if types is not None:
+            inputs[i, 1, :len(row)] = torch.tensor(types[i], dtype=torch.int32)
+    width = int((inputs[:, 0] != PAD).sum(-1).max())  # nothing is longer than the longest example
+    return TokenSplit(inputs[..., :width].contiguous(), torch.tensor(list(labels), dtype=torch.int64),
+                      group_by_length)
+
+
+def check_max_length(data_cfg: Any, model_cfg: Any) -> None:
+    limit = model_cfg.get("max_positions")
+    require(isinstance(data_cfg.max_length, int) and 0 < data_cfg.max_length <= (limit or float("inf")),
+            "data.max_length", data_cfg.max_length, f"an integer in [1, {limit}] (model={model_cfg.name} has "
+            f"{limit} positions)" if limit else "an integer >= 1")
+
+
+def _check_glue(cfg: Any) -> None:
+    require(cfg.task in GLUE, "data.task", cfg.task, f"one of {sorted(GLUE)} (GLUE's classification tasks)")
+
+
+@loader("glue", inputs="text", metric=lambda cfg: GLUE[cfg.task].metric, check=_check_glue)
+def _glue(cfg: Any, model_cfg: Any) -> tuple[Split, Split]:
+    task = GLUE[cfg.task]
+    ds = hub.load_dataset(cfg.hub_id, task.subset or cfg.task)
+    tok = tokenizer(model.tokenizer_name(model_cfg))
+
+    def split(name: str) -> TokenSplit:
+        rows = ds[name]
+        return tokenize([rows[c] for c in task.columns], rows["label"], tok, cfg.max_length, cfg.group_by_length)
+    return split("train"), split(task.test)
+
+
+def _files(cfg: Any) -> dict[str, str]:
+    """``<path>/train.<csv|tsv|jsonl>`` and optionally ``test.<same>``."""
+    path = Path(str(cfg.path)).expanduser()
+    for suffix in ("csv", "tsv", "jsonl"):
+        if (path / f"train.{suffix}").is_file():
+            return {s: str(path / f"{s}.{suffix}") for s in ("train", "test") if (path / f"{s}.{suffix}").is_file()}
+    raise ConfigError(f"data.path={str(cfg.path)!r} is not allowed: expected a folder holding train.csv, train.tsv "
+                      f"or train.jsonl (and optionally test.<same>) with columns {list(cfg.text_columns)} and "
+                      f"{cfg.label_column!r}")
+
+
+@loader("text-files", inputs="text", check=_files, needs_hub=lambda cfg: False)
+def _text_files(cfg: Any, model_cfg: Any) -> tuple[Split, Split]:
+    """A local table of texts and labels (string labels are numbered in sorted order), read by ``datasets``."""
+    import datasets
+
+    files = _files(cfg)
+    suffix = Path(files["train"]).suffix
+    builder, options = ("json", {}) if suffix == ".jsonl" else ("csv", {"delimiter": "\t" if suffix == ".tsv" else ","})
+    ds = datasets.load_dataset(builder, data_files=files, **options)
+    missing = [c for c in [*cfg.text_columns, cfg.label_column] if c not in ds["train"].column_names]
+    if missing:
+        raise ConfigError(f"data.text_columns/label_column name columns {missing} that {files['train']} lacks; it has "
+                          f"{ds['train'].column_names}")
+    names = sorted({str(v) for v in ds["train"][cfg.label_column]})
+    number = {name: i for i, name in enumerate(names)}
+    tok = tokenizer(model.tokenizer_name(model_cfg))
+
+    def split(rows: Any) -> TokenSplit:
+        return tokenize([rows[c] for c in cfg.text_columns], [number[str(v)] for v in rows[cfg.label_column]], tok,
+                        cfg.max_length, cfg.group_by_length)
+    train = split(ds["train"])
+    if "test" in ds:
+        return train, split(ds["test"])
+    # No test file: hold out a fixed test split as well (the way the validation split is chosen).
+    held = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.split_seed + 1))
+    return train.subset(held[cfg.val_size:]), train.subset(held[:cfg.val_size])
+
