@@ -20,8 +20,12 @@ def test_the_tree_mirrors_the_code():
 
 @pytest.mark.parametrize("group, option", OPTIONS)
 def test_option_composes_and_checks(config, group, option):
-    extra = ["data.path=/tmp"] if option == "imagefolder" else []
+    from vcon import data, model
+
+    extra = ["data.path=/tmp"] if option in ("imagefolder", "text-files") else []
     cfg = config(f"{group}={option}", *extra)
+    if model.inputs(cfg.model) == "text" or data.inputs(cfg.data) == "text":  # with a partner that takes text
+        cfg = config(f"{group}={option}", *extra, "data=rotten-tomatoes" if group == "model" else "model=bert-micro")
     if group == "schedule":
         assert cfg.vcon.shape == option
     elif group in ("model", "data"):
@@ -30,8 +34,8 @@ def test_option_composes_and_checks(config, group, option):
         assert cfg.compression.name == ("chain" if option == "prune-quant" else option)
     elif group == "method":
         assert cfg.method.name == option
-    if option == "imagefolder":
-        return  # data.path must hold a real folder: tested in test_run
+    if option in ("imagefolder", "text-files"):
+        return  # data.path must hold a real folder: tested in test_run and test_text
     compression, method = train.check(cfg)
     assert (compression.name, method.name) == (cfg.compression.name, cfg.method.name)
 

@@ -55,7 +55,7 @@ def test_the_gain_plot_has_a_bar_per_baseline():
 
 def test_a_single_run_shows_no_spread():
     rows = sweep.summarize(runs(accuracy={("vcon", 0): {0: 80.0, 1: 81.0}, ("vcon", 3): {0: 84.0}}))
-    assert "test_acc_std" not in rows[1] and "gain_std" not in rows[1]
+    assert "test_std" not in rows[1] and "gain_std" not in rows[1]
     table = sweep.markdown(rows, [])
     assert "| 80.50 ± 0.71 |" in table and "| 84.00 (one run) | +4.00 (one run) |" in table
 

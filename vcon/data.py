@@ -170,9 +170,15 @@ def _imagefolder(cfg: Any, model_cfg: Any = None) -> tuple[Split, Split]:
     train = _to_split(ds["train"], cfg)
     if "test" in ds:
         return train, _to_split(ds["test"], cfg)
-    # No test folder: hold out a fixed test split as well (the same way the validation split is chosen).
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.split_seed + 1))
-    return train.subset(order[cfg.val_size:]), train.subset(order[: cfg.val_size])
+    kept, held = held_out(len(train), cfg)
+    return train.subset(kept), train.subset(held)
+
+
+def held_out(count: int, cfg: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """For data without a test split: a fixed test split of ``val_size`` examples, chosen by ``split_seed + 1`` (the
+    validation split is then chosen from the rest by ``split_seed``). Returns (train, test) indices."""
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(cfg.split_seed + 1))
+    return order[cfg.val_size:], order[:cfg.val_size]
 
 
 def _to_split(ds: Any, cfg: Any) -> Split:

@@ -17,7 +17,7 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 
-from vcon import sweep
+from vcon import results, sweep
 from vcon.schedule import Schedule, transition_length
 
 
@@ -46,6 +46,11 @@ def _by(runs: list[dict[str, Any]], key) -> dict[Any, list[dict[str, Any]]]:
     return dict(groups)
 
 
+def _metric(runs: list[dict[str, Any]]) -> str:
+    """The headline metric's name (vcon/metrics.py), or all of them where the runs' data differ in it."""
+    return " / ".join(sorted({results.headline(r["results"])[0] for r in runs})) or "accuracy"
+
+
 def _labelled(fig: plt.Figure, ax: plt.Axes, **labels: str) -> plt.Figure:
     """The finishing touches every single-panel line plot here gets: labels, a light grid, the legend."""
     ax.set(**labels)
@@ -64,7 +69,7 @@ def accuracy_per_epoch(runs: list[dict[str, Any]]) -> plt.Figure:
     for ax, name in zip(axes[0], compressions or ["dense"], strict=False):
         members = [r for r in runs if sweep.describe(r["identity"])[0] == name]
         for transition, group in sorted(_by(members, lambda r: sweep.describe(r["identity"])[1]).items()):
-            curves = [[h["val_acc_compressed"] for h in r["results"]["history"]] for r in group]
+            curves = [[results.val_headline(h) for h in r["results"]["history"]] for r in group]
             length = min(map(len, curves))
             stats = [sweep.mean_std([c[i] for c in curves]) for i in range(length)]
             epochs = range(1, length + 1)
@@ -72,13 +77,13 @@ def accuracy_per_epoch(runs: list[dict[str, Any]]) -> plt.Figure:
             ax.plot(epochs, mean, marker="o", ms=3, label=f"{transition} (n={len(group)})")
             ax.fill_between(epochs, [m - s for m, s in stats], [m + s for m, s in stats], alpha=0.2)
         if dense and name != "dense":
-            curves = [[h["val_acc_compressed"] for h in r["results"]["history"]] for r in dense]
+            curves = [[results.val_headline(h) for h in r["results"]["history"]] for r in dense]
             ax.plot(range(1, len(curves[0]) + 1), [statistics.fmean(c) for c in zip(*curves, strict=False)], "k--",
                     lw=1, label="dense fine-tuning")
         ax.set(title=name, xlabel="epoch")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    axes[0][0].set_ylabel("validation accuracy at β = 0 (%)")
+    axes[0][0].set_ylabel(f"validation {_metric(runs)} at β = 0 (%)")
     fig.tight_layout()
     return fig
 
@@ -102,7 +107,7 @@ def gains(runs: list[dict[str, Any]]) -> plt.Figure | None:
             ax.scatter([xi] * len(seeds), seeds, color="k", s=12, zorder=3)
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xticks(range(len(rows)), [f"{r['compression']}\n{r['transition']}" for r in rows], fontsize=8)
-    ax.set_ylabel("VCON − baseline, test accuracy (points)")
+    ax.set_ylabel(f"VCON − baseline, test {_metric(runs)} (points)")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -126,9 +131,9 @@ def accuracy_vs_q(runs: list[dict[str, Any]]) -> plt.Figure | None:
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for name, by_q in sorted(series.items()):
         qs = sorted(by_q)
-        stats = [sweep.mean_std([r["results"]["test_acc"] for r in by_q[q]]) for q in qs]
+        stats = [sweep.mean_std([results.headline(r["results"])[1] for r in by_q[q]]) for q in qs]
         ax.errorbar(qs, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", capsize=3, label=name)
-    return _labelled(fig, ax, xlabel="Q (epochs; 0 = one-shot)", ylabel="test accuracy at β = 0 (%)")
+    return _labelled(fig, ax, xlabel="Q (epochs; 0 = one-shot)", ylabel=f"test {_metric(runs)} at β = 0 (%)")
 
 
 def beta_curves(runs: list[dict[str, Any]]) -> plt.Figure | None:

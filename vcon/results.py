@@ -11,6 +11,7 @@ from torch import nn
 from vcon.atomic import write_atomic
 from vcon.blend import BlendedBranches, BlendedLinear
 from vcon.compression import Compression, Footprint
+from vcon.metrics import LABELS
 
 
 @torch.no_grad()
@@ -46,6 +47,18 @@ def figures(net: nn.Module, compression: Compression, names: list[str]) -> dict[
     }
 
 
+def headline(summary: dict[str, Any], of: str = "test") -> tuple[str, float]:
+    """The run's headline: its task's metric (accuracy unless the data says otherwise) at β = 0 on the test split
+    (``of="dense_test"``: the dense model's), as (label, value)."""
+    name = summary.get("metric", "accuracy")
+    return LABELS[name], summary[f"{of}_{'acc' if name == 'accuracy' else 'metric'}"]
+
+
+def val_headline(epoch: dict[str, Any]) -> float:
+    """An epoch's validation figure of the β = 0 model in the headline metric."""
+    return epoch.get("val_metric_compressed", epoch["val_acc_compressed"])
+
+
 def write(summary: dict[str, Any], run_dir: Path) -> Path:
     return write_atomic(Path(run_dir) / "results.json", json.dumps(summary, indent=2))
 
@@ -55,9 +68,10 @@ def table(summary: dict[str, Any], title: str) -> str:
     c = summary["compression"]
     minutes, seconds = divmod(summary["wall_time_s"], 60)
     dense = summary["q_steps"] is None  # nothing was compressed: no transition
+    (label, test), (_, dense_test) = headline(summary), headline(summary, "dense_test")
     rows = [
-        ("test accuracy before" if dense else "dense test accuracy", f"{summary['dense_test_acc']:.2f} %"),
-        ("test accuracy after" if dense else "compressed test accuracy (β = 0)", f"{summary['test_acc']:.2f} %"),
+        (f"test {label} before" if dense else f"dense test {label}", f"{dense_test:.2f} %"),
+        (f"test {label} after" if dense else f"compressed test {label} (β = 0)", f"{test:.2f} %"),
         ("compressed layers", f"{c['layers']}"),
         ("parameters in them, before → after", f"{c['params_before']:,} → {c['params_after']:,}"),
         ("zero weights in them", f"{100 * c['zero_fraction']:.1f} %"),

@@ -21,6 +21,7 @@ from vcon.compression import from_config
 from vcon.errors import ConfigError
 from vcon.identity import identity
 from vcon.method import VCON, from_config as method_from_config
+from vcon.results import headline
 from vcon.schedule import transition_length
 
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
@@ -99,12 +100,14 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         ident = members[0]["identity"]
         done = [r for r in members if r["status"] == "done"]
         compression, transition = describe(ident)
-        row = {"model": ident["model"]["name"], "data": ident["data"]["name"], "compression": compression,
+        data = ident["data"]["name"] + (f"/{ident['data']['task']}" if "task" in ident["data"] else "")
+        row = {"model": ident["model"]["name"], "data": data, "compression": compression,
                "transition": transition, "runs": len(members), "done": len(done),
                "failed": sum(r["status"] == "failed" for r in members), "_ident": ident,
-               "_acc": {r["identity"]["seed"]: r["results"]["test_acc"] for r in done}}
+               "_acc": {r["identity"]["seed"]: headline(r["results"])[1] for r in done}}
         if done:
-            _put_mean_std(row, "test_acc", list(row["_acc"].values()))
+            row["metric"] = headline(done[0]["results"])[0]
+            _put_mean_std(row, "test", list(row["_acc"].values()))
             figures = done[0]["results"]["compression"]
             row.update({k: figures[k] for k in ("zero_fraction", "bits_per_weight", "params_before", "params_after")})
             exported = done[0]["results"].get("export")  # present when the run was exported (vcon/export.py)
@@ -146,7 +149,7 @@ def _baseline_of(candidate: dict[str, Any], row: dict[str, Any]) -> str | None:
     return "gradual" if gradual and same_q else None
 
 
-COLUMNS = ["model", "data", "compression", "transition", "runs", "done", "failed", "test_acc_mean", "test_acc_std",
+COLUMNS = ["model", "data", "compression", "transition", "runs", "done", "failed", "metric", "test_mean", "test_std",
            "gain_mean", "gain_std", "gain_gradual_mean", "gain_gradual_std", "zero_fraction", "bits_per_weight", "params_before", "params_after",
            "bytes_on_disk", "dense_bytes_on_disk", "cpu_ms_batch_1_dense", "cpu_ms_batch_1_exported",
            "cpu_ms_batch_64_dense", "cpu_ms_batch_64_exported"]
@@ -159,14 +162,16 @@ def markdown(rows: list[dict[str, Any]], runs: list[dict[str, Any]]) -> str:
         mean = f"{row[f'{key}_mean']:{'+' if signed else ''}.2f}"
         return f"{mean} ± {row[f'{key}_std']:.2f}" if f"{key}_std" in row else f"{mean} (one run)"
 
-    lines = ["| model | data | compression | transition | runs (done/failed) | test acc. β=0 (%) | VCON's gain over "
+    metrics = sorted({r["metric"] for r in rows if "metric" in r}) or ["accuracy"]
+    test = f"test {metrics[0]}" if len(metrics) == 1 else f"test {' / '.join(metrics)} (each data's own)"
+    lines = [f"| model | data | compression | transition | runs (done/failed) | {test} β=0 (%) | VCON's gain over "
              "one-shot (points) | over gradual (points) | zeros | bits/weight | params after / before | bytes on disk, "
              "exported / dense |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         figures = (f"{100 * r['zero_fraction']:.1f} % | {r['bits_per_weight']:.2f} | "
                    f"{r['params_after']:,} / {r['params_before']:,}") if "zero_fraction" in r else "– | – | –"
         lines.append(f"| {r['model']} | {r['data']} | {r['compression']} | {r['transition']} | "
-                     f"{r['runs']} ({r['done']}/{r['failed']}) | {pm(r, 'test_acc')} | {pm(r, 'gain', True)} | "
+                     f"{r['runs']} ({r['done']}/{r['failed']}) | {pm(r, 'test')} | {pm(r, 'gain', True)} | "
                      f"{pm(r, 'gain_gradual', True)} | "
                      f"{figures} | {_on_disk(r)} |")
     failures = [r for r in runs if r["status"] != "done"]
