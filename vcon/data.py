@@ -174,11 +174,13 @@ def _imagefolder(cfg: Any, model_cfg: Any = None) -> tuple[Split, Split]:
     return train.subset(kept), train.subset(held)
 
 
-def held_out(count: int, cfg: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """For data without a test split: a fixed test split of ``val_size`` examples, chosen by ``split_seed + 1`` (the
-    validation split is then chosen from the rest by ``split_seed``). Returns (train, test) indices."""
+def held_out(count: int, cfg: Any, size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """For data without a test split: a fixed test split of ``size`` (default ``val_size``) examples, chosen by
+    ``split_seed + 1`` (the validation split is then chosen from the rest by ``split_seed``). Returns (train, test)
+    indices."""
+    size = cfg.val_size if size is None else size
     order = torch.randperm(count, generator=torch.Generator().manual_seed(cfg.split_seed + 1))
-    return order[cfg.val_size:], order[:cfg.val_size]
+    return order[size:], order[:size]
 
 
 def _to_split(ds: Any, cfg: Any) -> Split:

@@ -63,6 +63,10 @@ def load(folder: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     for name, meta in spec["layers"].items():
         own = {key[len(name) + 1:]: tensors.pop(key) for key in list(tensors) if key.startswith(name + ".")}
         model.set_submodule(name, compression.unpack(Packed(own, meta, 0, 0)))
+    for name in {n for n, _ in model.named_buffers()} - set(model.state_dict()):  # not in a state dict
+        owner, _, leaf = name.rpartition(".")
+        if name in tensors:
+            setattr(model.get_submodule(owner), leaf, tensors.pop(name))
     _, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
     empty = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if unexpected or empty:
@@ -87,7 +91,9 @@ def export_model(controller: Controller, out: str | Path, timing_s: float = 1.0)
                           "is exported (controller.finalize() ends the transition)")
     net = copy.deepcopy(controller.model).cpu().eval()
     packs = {name: compression.pack(net.get_submodule(name)) for name in names}
-    tensors = {k: v for k, v in net.state_dict().items() if not any(k.startswith(n + ".") for n in names)}
+    state = net.state_dict()  # and the buffers it leaves out (BERT's position ids), which a skeleton cannot rebuild
+    tensors = {k: v for k, v in [*state.items(), *((n, b) for n, b in net.named_buffers() if n not in state)]
+               if not any(k.startswith(n + ".") for n in names)}
     tensors |= {f"{name}.{k}": v for name, p in packs.items() for k, v in p.tensors.items()}
     config = net.config.to_dict() | {"architectures": [type(net).__name__], KEY: {
         "version": 1, "compression": to_config(compression), "layers": {name: p.meta for name, p in packs.items()}}}
