@@ -128,7 +128,7 @@ def test_glue_tasks_take_their_columns_metric_and_test_split(monkeypatch, task, 
 
 @requires_rotten_tomatoes
 @pytest.mark.parametrize("overrides", [
-    ["compression=prune"], ["compression=quant"], ["compression=lrd", "compression.rank=4"],
+    ["compression=prune"], ["compression=quant"], ["compression=lrd", "compression.rank=4", "train.grad_accum=2"],
     ["compression=prune-quant"], ["compression=prune", "method=gradual"], ["compression=quant", "vcon.epochs=0"],
 ])
 def test_each_compression_and_method_trains_bert_micro_on_real_text(tmp_path, overrides):
