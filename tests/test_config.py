@@ -22,7 +22,7 @@ def test_the_tree_mirrors_the_code():
 def test_option_composes_and_checks(config, group, option):
     from vcon import data, model
 
-    extra = ["data.path=/tmp"] if option in ("imagefolder", "text-files") else []
+    extra = ["data.path=/tmp"] if option in ("imagefolder", "imagenet", "text-files") else []
     cfg = config(f"{group}={option}", *extra)
     if model.inputs(cfg.model) == "text" or data.inputs(cfg.data) == "text":  # with a partner that takes text
         cfg = config(f"{group}={option}", *extra, "data=rotten-tomatoes" if group == "model" else "model=bert-micro")
@@ -34,8 +34,8 @@ def test_option_composes_and_checks(config, group, option):
         assert cfg.compression.name == ("chain" if option == "prune-quant" else option)
     elif group == "method":
         assert cfg.method.name == option
-    if option in ("imagefolder", "text-files"):
-        return  # data.path must hold a real folder: tested in test_run and test_text
+    if option in ("imagefolder", "imagenet", "text-files"):
+        return  # data.path must hold a real folder: tested in test_run, test_stream and test_text
     compression, method = train.check(cfg)
     assert (compression.name, method.name) == (cfg.compression.name, cfg.method.name)
 

@@ -11,7 +11,7 @@ import dataclasses
 import gzip
 import logging
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 class Split:
     inputs: torch.Tensor  # images: uint8, N x C x H x W
     labels: torch.Tensor  # int64, N
+    streamed = False  # held in memory (vcon/stream.py streams from disk)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -40,9 +41,29 @@ class Split:
         """The inputs of the examples at ``index``."""
         return self.inputs[index]
 
+    @property
+    def example_shape(self) -> tuple[int, ...]:
+        return tuple(self.inputs.shape[1:])
+
+    def for_evaluation(self) -> "Split":
+        """The split as validation and test read it (a streamed one: central crops, not random ones)."""
+        return self
+
     def order(self, permutation: torch.Tensor, batch_size: int, generator: torch.Generator) -> torch.Tensor:
         """An epoch's order of examples, given its seeded permutation (texts group lengths here)."""
         return permutation
+
+    def batches(self, order: torch.Tensor, batch_size: int, start: int = 0, world: Any = None, salt: int = 0,
+                last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(inputs, labels) of the whole batches of ``order`` from batch ``start`` on (``last``: and the partial
+        one at the end); with several processes, this process's share of each. ``salt`` seeds per-example
+        randomness where a source has any (a streamed one's crops, ``vcon/stream.py``), so that a resumed epoch
+        reads exactly what an uninterrupted one would."""
+        rank, size = (world.rank, world.size) if world is not None else (0, 1)
+        end = len(order) if last else len(order) - batch_size + 1
+        for first in range(start * batch_size, end, batch_size):
+            index = order[first:first + batch_size][rank::size]
+            yield self.batch(index), self.labels[index]
 
 
 @dataclasses.dataclass
@@ -111,14 +132,14 @@ def load(cfg: Any, model_cfg: Any = None) -> Dataset:
     train, test = LOADERS[cfg.name].read(cfg, model_cfg)
     require(cfg.val_size < len(train), "data.val_size", cfg.val_size, f"fewer than the {len(train)} training examples")
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.split_seed))
-    val, train = train.subset(order[: cfg.val_size]), train.subset(order[cfg.val_size:])
+    val, train = train.subset(order[: cfg.val_size]).for_evaluation(), train.subset(order[cfg.val_size:])
     if cfg.get("train_size") is not None:
         train = train.subset(torch.arange(min(cfg.train_size, len(train))))
     if cfg.get("test_size") is not None:  # quick runs: the first images of the fixed test split
         test = test.subset(torch.arange(min(cfg.test_size, len(test))))
     num_classes = int(max(train.labels.max(), test.labels.max())) + 1
-    log.info("data %s: %d train, %d val, %d test examples of %s, %d classes", cfg.name, len(train), len(val),
-             len(test), tuple(train.inputs.shape[1:]), num_classes)
+    log.info("data %s: %d train, %d val, %d test examples of %s, %d classes%s", cfg.name, len(train), len(val),
+             len(test), train.example_shape, num_classes, ", streamed from disk" if train.streamed else "")
     return Dataset(train, val, test, num_classes, LOADERS[cfg.name].metric(cfg))
 
 
@@ -166,6 +187,9 @@ def _from_hub(cfg: Any, model_cfg: Any = None) -> tuple[Split, Split]:
 def _imagefolder(cfg: Any, model_cfg: Any = None) -> tuple[Split, Split]:
     import datasets  # a local folder never touches the hub
 
+    if stream.streams(cfg):
+        return stream.folder(cfg)
+
     ds = datasets.load_dataset("imagefolder", data_dir=str(Path(str(cfg.path)).expanduser()))
     train = _to_split(ds["train"], cfg)
     if "test" in ds:
@@ -199,4 +223,4 @@ def _to_split(ds: Any, cfg: Any) -> Split:
     return Split(torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.int64))
 
 
-from vcon import text  # noqa: E402,F401  the text datasets (data=glue, data=text-files) join LOADERS
+from vcon import stream, text  # noqa: E402  the streamed (data=imagenet) and text datasets join LOADERS

@@ -22,8 +22,9 @@ SECTIONS = ("seed", "model", "data", "compression", "method", "vcon", "target", 
 ONE_SHOT = {"shape": "linear", "epochs": 0, "steps": None}  # Q = 0, however it was asked for
 # Settings added after runs were made, with the value that behaves as those runs did: left out of the identity at
 # that value, so that finished runs keep their folders.
-SINCE = {("model", "inputs"): "image", ("train", "decay"): "cosine"}
-IGNORED = {"train": ("log_every", "eval_batch_size", "checkpoint_every_min", "compile", "cuda_graph")}
+SINCE = {("model", "inputs"): "image", ("train", "decay"): "cosine", ("data", "stream"): "auto"}
+IGNORED = {"train": ("log_every", "eval_batch_size", "checkpoint_every_min", "compile", "cuda_graph"),
+           "data": ("workers",)}
 
 
 def identity(cfg: DictConfig) -> dict[str, Any]:

@@ -98,11 +98,10 @@ def evaluate(net: nn.Module, split: data.Split, pipeline: Any, batch_size: int, 
     net.eval()
     lo, hi = len(split) * world.rank // world.size, len(split) * (world.rank + 1) // world.size
     counts = 0
-    for start in range(lo, hi, batch_size):
-        end = min(start + batch_size, hi)
+    for inputs, labels in split.batches(torch.arange(lo, hi), batch_size, last=True):
         with autocast(), torch.compiler.set_stance("force_eager"):  # compiled blocks are for training steps
-            predicted = logits(net, pipeline.eval_batch(split.batch(slice(start, end)))).argmax(-1)
-        counts = counts + metrics.confusion(predicted, split.labels[start:end], len(pipeline.classes))
+            predicted = logits(net, pipeline.eval_batch(inputs)).argmax(-1)
+        counts = counts + metrics.confusion(predicted, labels, len(pipeline.classes))
     net.train(was_training)
     return metrics.compute(distributed.sum_(counts, world), metric)
 
@@ -294,10 +293,10 @@ class Training:
                    leave=False, dynamic_ncols=True,
                    disable=not (world.main and sys.stderr.isatty()))  # SLURM logs get the epoch lines alone
         self.last_log, pending = time.perf_counter(), []
+        batches = self.dataset.train.batches(order[:self.steps_per_epoch * t.batch_size], t.batch_size, p.batch, world,
+                                             salt=self.cfg.seed * 100_003 + p.epoch)  # this process's share of each
         while p.batch < self.steps_per_epoch:
-            first = p.batch * t.batch_size
-            batch = order[first:first + t.batch_size][world.rank::world.size]  # this process's share
-            loss = self.step(self.dataset.train.batch(batch), self.dataset.train.labels[batch], mix_rng)
+            loss = self.step(*next(batches), mix_rng)
             p.step, p.batch = p.step + 1, p.batch + 1
             pending.append(self._mean_over_processes(loss, stop))
             if self.controller.step(self.step.optimizer):  # β for the next step; at 0 the originals leave
