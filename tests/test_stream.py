@@ -92,6 +92,11 @@ def test_bad_folders_are_refused_naming_what_is_wrong(tmp_path, folder):
     cfg = config(broken, "data.val_size=2")
     with pytest.raises(OSError, match="n01_0.JPEG"):
         list(data.load(cfg.data).test.batches(torch.arange(6), 6))
+    skipping = data.load(config(broken, "data.val_size=2", "data.bad_images=skip").data).test
+    (images, labels), = skipping.batches(torch.arange(6), 6)  # n01_0 replaced by n01_1, its label with it
+    assert torch.equal(images[0], images[1]) and labels.tolist() == [0, 0, 1, 1, 2, 2]
+    with pytest.raises(ConfigError, match="data.bad_images='ignore'"):
+        data.load(config(broken, "data.bad_images=ignore").data)
 
 
 def test_imagefolder_streams_when_asked(folder):

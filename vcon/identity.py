@@ -22,7 +22,8 @@ SECTIONS = ("seed", "model", "data", "compression", "method", "vcon", "target", 
 ONE_SHOT = {"shape": "linear", "epochs": 0, "steps": None}  # Q = 0, however it was asked for
 # Settings added after runs were made, with the value that behaves as those runs did: left out of the identity at
 # that value, so that finished runs keep their folders.
-SINCE = {("model", "inputs"): "image", ("train", "decay"): "cosine", ("data", "stream"): "auto"}
+SINCE = {("model", "inputs"): "image", ("train", "decay"): "cosine", ("data", "stream"): "auto",
+         ("data", "bad_images"): "stop"}
 IGNORED = {"train": ("log_every", "eval_batch_size", "checkpoint_every_min", "compile", "cuda_graph"),
            "data": ("workers",)}
 

@@ -10,6 +10,7 @@ reads exactly the crops an uninterrupted one would, whichever worker decodes the
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import random
 from pathlib import Path
@@ -20,8 +21,9 @@ import torch
 from PIL import Image
 
 from vcon.data import held_out, loader
-from vcon.errors import ConfigError
+from vcon.errors import ConfigError, require
 
+log = logging.getLogger(__name__)
 SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".webp"}
 EVAL_CROP = 0.875  # the central 87.5 % of the shorter side: resize to 256, crop 224
 
@@ -75,20 +77,27 @@ def read(path: str, size: int, rng: random.Random | None) -> torch.Tensor:
 
 
 class _Files(torch.utils.data.Dataset):
-    """What a worker reads: example ``i`` decoded, with the randomness that ``salt`` and ``i`` seed."""
+    """What a worker reads: example ``i`` decoded, with the randomness that ``salt`` and ``i`` seed. An unreadable
+    file stops the run, naming it, or (``skip``) is replaced by the next readable one, with a warning naming it."""
 
-    def __init__(self, paths: list[str], size: int, augment: bool, salt: int) -> None:
-        self.paths, self.size, self.augment, self.salt = paths, size, augment, salt
+    def __init__(self, paths: list[str], size: int, augment: bool, salt: int, skip: bool = False) -> None:
+        self.paths, self.size, self.augment, self.salt, self.skip = paths, size, augment, salt, skip
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        rng = random.Random(self.salt * 1_000_003 + index) if self.augment else None
-        try:
-            return read(self.paths[index], self.size, rng), index
-        except OSError as error:  # a truncated or unreadable file: name it
-            raise OSError(f"cannot read image {self.paths[index]}: {error}") from error
+        for tried in range(len(self.paths)):
+            i = (index + tried) % len(self.paths)
+            rng = random.Random(self.salt * 1_000_003 + i) if self.augment else None
+            try:
+                return read(self.paths[i], self.size, rng), i
+            except OSError as error:  # truncated, not an image, unreadable
+                if not self.skip:
+                    raise OSError(f"cannot read image {self.paths[i]} ({error}); data.bad_images=skip reads the "
+                                  "next image in its place") from error
+                log.warning("cannot read image %s (%s): the next image is read in its place", self.paths[i], error)
+        raise OSError(f"no image of {len(self.paths)} can be read")
 
 
 @dataclasses.dataclass
@@ -100,6 +109,7 @@ class FolderSplit:
     size: int  # the side of the crops, the model's input size
     workers: int
     augment: bool = True  # random crops (training); False: central crops (validation, test)
+    skip_bad: bool = False  # data.bad_images=skip
     streamed = True
 
     def __len__(self) -> int:
@@ -123,7 +133,8 @@ class FolderSplit:
 
     def batch(self, index: torch.Tensor | slice) -> torch.Tensor:
         index = range(len(self))[index] if isinstance(index, slice) else index.tolist()
-        return torch.stack([_Files(self.paths, self.size, False, 0)[i][0] for i in index])
+        files = _Files(self.paths, self.size, False, 0, self.skip_bad)
+        return torch.stack([files[i][0] for i in index])
 
     def batches(self, order: torch.Tensor, batch_size: int, start: int = 0, world: Any = None, salt: int = 0,
                 last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -131,12 +142,14 @@ class FolderSplit:
         end = len(order) if last else len(order) - batch_size + 1
         shares = [order[f:f + batch_size][rank::size].tolist() for f in range(start * batch_size, end, batch_size)]
         loader = torch.utils.data.DataLoader(
-            _Files(self.paths, self.size, self.augment, salt), batch_sampler=shares, num_workers=self.workers,
+            _Files(self.paths, self.size, self.augment, salt, self.skip_bad), batch_sampler=shares,
+            num_workers=self.workers,
             pin_memory=torch.cuda.is_available(), prefetch_factor=4 if self.workers else None)
-        for images, index in loader:
+        for images, index in loader:  # the indices read (a skipped image's successor): their labels
             yield images, self.labels[index]
 
 
+BAD_IMAGES = ("stop", "skip")
 STREAM_ABOVE = 4 * 2**30  # data.stream=auto streams a folder whose images would take more memory than this
 
 
@@ -157,14 +170,16 @@ def folder(cfg: Any, test_folders: tuple[str, ...] = ("test", "val")) -> tuple[F
     """``<path>/train/<class>/*`` streamed, and the first of ``test_folders`` there as the test split (the same
     classes); without one, a fixed test split held out of training as for in-memory folders."""
     root = Path(str(cfg.path)).expanduser()
+    require(cfg.bad_images in BAD_IMAGES, "data.bad_images", cfg.bad_images, f"one of {BAD_IMAGES}")
+    skip = cfg.bad_images == "skip"
     paths, labels, classes = scan(root / "train")
-    train = FolderSplit(paths, labels, cfg.image_size, cfg.workers)
+    train = FolderSplit(paths, labels, cfg.image_size, cfg.workers, skip_bad=skip)
     held = next((root / name for name in test_folders if (root / name).is_dir()), None)
     if held is None:
         kept, test = held_out(len(train), cfg)
         return train.subset(kept), train.subset(test).for_evaluation()
     test_paths, test_labels, _ = scan(held, classes)
-    return train, FolderSplit(test_paths, test_labels, cfg.image_size, cfg.workers, augment=False)
+    return train, FolderSplit(test_paths, test_labels, cfg.image_size, cfg.workers, augment=False, skip_bad=skip)
 
 
 def _check_imagenet(cfg: Any) -> None:
