@@ -5,7 +5,7 @@
 
 For each folder size a fresh process scans the folder as ``data=imagenet`` does and streams ``--images`` training
 images through the DataLoader workers (random resized crops to 224, flips), reporting its peak RSS (the main
-process, which holds the file list; each worker holds one batch) and the images/s. The in-memory source is timed
+process, which holds the file list, and the largest worker's) and the images/s. The in-memory source is timed
 on the same crops gathered from a uint8 tensor. The folders are generated once into ``--root`` (JPEG quality 90,
 about 400x340 px, ImageNet's mean size, of smooth colour plus noise: ~70 KB each, ImageNet's ~110 KB) and kept for
 later runs. Results go to bench/results/.
@@ -73,7 +73,8 @@ def measure(folder: str, images: int, workers: int, batch: int) -> dict:
     memory_rate = 200 * batch / (time.perf_counter() - started)
     return {"files": len(train), "images": seen, "scan_s": scan_s, "streamed_images_per_s": seen / stream_s,
             "in_memory_images_per_s": memory_rate, "workers": workers,
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_worker_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
 
 
 def main() -> None:
@@ -99,7 +100,8 @@ def main() -> None:
                              capture_output=True, text=True, check=True, cwd=ROOT)
         row = json.loads(out.stdout.strip().splitlines()[-1])
         rows.append(row)
-        print(f"  {row['files']:>7,} files: scan {row['scan_s']:.1f} s, peak RSS {row['peak_rss_mib']:.0f} MiB, "
+        print(f"  {row['files']:>7,} files: scan {row['scan_s']:.1f} s, peak RSS {row['peak_rss_mib']:.0f} MiB "
+              f"(a worker: {row['peak_worker_rss_mib']:.0f} MiB), "
               f"streamed {row['streamed_images_per_s']:.0f} images/s with {row['workers']} workers, in memory "
               f"{row['in_memory_images_per_s']:.0f} images/s", flush=True)
     if len(rows) > 1:

@@ -45,3 +45,57 @@ def run_py(*args: str, cwd: Path = ROOT, env: dict | None = None, timeout: float
 
     return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})})
+
+
+COLOURS = {"n01": (200, 40, 40), "n02": (40, 200, 40), "n03": (40, 40, 200)}
+
+
+def make_folder(root, per_class=(40, 10), size=(48, 40)):
+    """An ImageNet-layout folder, train/ and val/, with a class per dominant colour: noisy JPEGs of varied size."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in zip(("train", "val"), per_class):
+        for wnid, colour in COLOURS.items():
+            (root / split / wnid).mkdir(parents=True)
+            for i in range(count):
+                w, h = size[0] + i % 7, size[1] + i % 5
+                pixels = np.clip(np.array(colour) + rng.normal(0, 40, (h, w, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(root / split / wnid / f"{wnid}_{i}.JPEG", quality=90)
+    return root
+
+
+def numbered_folder(root, classes=2, per_class=24):
+    """train/<class>/ of solid-colour PNGs whose colour is their number (red + 256 x green): every crop, flip and
+    resize of one reads back as that number, so a test sees which images a streamed run read."""
+    from PIL import Image
+
+    for number in range(classes * per_class):
+        folder = root / "train" / f"c{number // per_class}"
+        folder.mkdir(parents=True, exist_ok=True)
+        name = f"{number}-é.png"  # non-ASCII names are read too
+        Image.new("RGB", (20 + number % 5, 18), (number % 256, number // 256, 99)).save(folder / name)
+    return root
+
+
+def numbers(images):
+    """The numbers of a batch of ``numbered_folder``'s images (each must have come through whole)."""
+    assert (images == images[:, :, :1, :1]).all(), "an image is not one solid colour"
+    return (images[:, 0, 0, 0].long() + 256 * images[:, 1, 0, 0].long()).tolist()
+
+
+def parquet_copy(folder, root):
+    """A local copy of a hub image dataset, as the hub keeps ILSVRC/imagenet-1k: data/<split>-00000-of-00001.parquet
+    with the images' bytes and class labels, made from an ImageNet-layout ``folder`` (its val/ as "validation")."""
+    import datasets
+
+    classes = sorted(p.name for p in (folder / "train").iterdir())
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=classes)})
+    (root / "data").mkdir(parents=True)
+    for split, name in (("train", "train"), ("val", "validation")):
+        files = sorted((folder / split).glob("*/*"))
+        table = datasets.Dataset.from_dict({"image": [{"bytes": f.read_bytes(), "path": None} for f in files],
+                                            "label": [classes.index(f.parent.name) for f in files]}, features)
+        table.to_parquet(root / "data" / f"{name}-00000-of-00001.parquet")
+    return root

@@ -6,13 +6,14 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import QUICK, requires_fashion_mnist, run_py
+from conftest import QUICK, make_config, numbered_folder, numbers, requires_fashion_mnist, run_py
 from vcon import checkpoint
 
 
@@ -158,3 +159,42 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     wa, wb = checkpoint.load(run_two)["model"], checkpoint.load(run_one)["model"]
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-2
     assert wa.keys() == wb.keys()
+
+
+def _read_two_epochs(data_cfg, seed: int, batch_size: int) -> dict:
+    """In each SLURM task: join the process group as a run does, and read two epochs of the streamed training split
+    as the training loop does (``train.epoch_batches``). Returns the numbers of the images this task read."""
+    from vcon import data, distributed, train
+
+    world = distributed.init(use_cuda=False)
+    split = data.load(data_cfg).train
+    read = [[numbers(images) for images, _ in train.epoch_batches(split, seed, epoch, len(split), batch_size,
+                                                                  world=world)] for epoch in (0, 1)]
+    return {"world": (world.rank, world.size), "master": os.environ["MASTER_ADDR"], "read": read}
+
+
+def test_two_slurm_tasks_read_disjoint_halves_of_every_streamed_epoch(tmp_path):
+    """Two tasks of one SLURM job stream a folder of numbered images: in each epoch, each reads half of every
+    batch of the order one process would read, the halves disjoint, nothing repeated or left out."""
+    import submitit
+
+    from vcon import data, distributed, train
+
+    cfg = make_config("data=imagefolder", f"data.path={numbered_folder(tmp_path / 'images', 2, 40)}",
+                      "data.stream=true", "data.image_size=8", "data.val_size=8", "data.workers=1")
+    executor = submitit.AutoExecutor(tmp_path / "jobs", cluster="slurm")
+    executor.update_parameters(tasks_per_node=2, cpus_per_task=1, timeout_min=10,
+                               slurm_setup=[f"export PYTHONPATH={Path(__file__).parent}"])  # the job imports tests/
+    tasks = executor.submit(_read_two_epochs, cfg.data, cfg.seed, 8).results()
+    assert [t["world"] for t in tasks] == [(0, 2), (1, 2)] and {t["master"] for t in tasks} == {socket.gethostname()}
+    split = data.load(cfg.data).train
+    for epoch in (0, 1):
+        one = [numbers(images) for images, _ in train.epoch_batches(split, cfg.seed, epoch, len(split), 8,
+                                                                    world=distributed.SINGLE)]
+        first, second = (t["read"][epoch] for t in tasks)
+        assert len(one) == len(first) == len(second) == (80 - 16) // 8
+        for whole, a, b in zip(one, first, second):
+            assert len(a) == len(b) == 4 and not set(a) & set(b) and sorted(a + b) == sorted(whole)
+        print(f"\nepoch {epoch}: rank 0 read {sum(map(len, first))} images, rank 1 {sum(map(len, second))}, "
+              f"none in common; together the {sum(map(len, one))} of one process's epoch, batch by batch")
+    assert tasks[0]["read"][0] != tasks[0]["read"][1]  # a new order each epoch

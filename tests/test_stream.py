@@ -1,28 +1,12 @@
-"""Images streamed from disk (vcon/stream.py): a generated JPEG folder in ImageNet's layout, read by DataLoader
-workers, crops seeded per example so that a resumed epoch reads what an uninterrupted one would."""
-import numpy as np
+"""Images streamed from disk (vcon/stream.py): a generated JPEG folder in ImageNet's layout and a local copy of the
+hub's parquet layout, read by DataLoader workers, crops seeded per example so that a resumed epoch reads what an
+uninterrupted one would. Whole streamed runs killed and resumed through run.py: tests/test_run.py."""
 import pytest
 import torch
-from PIL import Image
 
-from conftest import QUICK, make_config
-from vcon import checkpoint, data, stream, train
+from conftest import QUICK, make_config, make_folder, numbered_folder, numbers
+from vcon import data, distributed, stream, train
 from vcon.errors import ConfigError
-
-COLOURS = {"n01": (200, 40, 40), "n02": (40, 200, 40), "n03": (40, 40, 200)}
-
-
-def make_folder(root, per_class=(40, 10), size=(48, 40)):
-    """train/ and val/ with a class per dominant colour, noisy JPEGs of varied size."""
-    rng = np.random.default_rng(0)
-    for split, count in zip(("train", "val"), per_class):
-        for wnid, colour in COLOURS.items():
-            (root / split / wnid).mkdir(parents=True)
-            for i in range(count):
-                w, h = size[0] + i % 7, size[1] + i % 5
-                pixels = np.clip(np.array(colour) + rng.normal(0, 40, (h, w, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(root / split / wnid / f"{wnid}_{i}.JPEG", quality=90)
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -58,26 +42,24 @@ def test_a_resumed_epoch_reads_the_same_crops_as_an_uninterrupted_one(folder):
         assert torch.equal(a, b) and torch.equal(la, lb)
     other_epoch = next(split.batches(order, 12, start=0, salt=8))[0]
     assert not torch.equal(other_epoch, whole[0][0])  # new random crops each epoch
-    halves = [list(split.batches(order, 12, world=type("W", (), {"rank": r, "size": 2})())) for r in (0, 1)]
-    seen = [set(torch.cat([labels for _, labels in h]).tolist()) for h in halves]
-    assert all(len(h) == 9 and len(h[0][0]) == 6 for h in halves) and seen  # each rank: half of every batch
 
 
-def test_a_streamed_run_learns_and_resumes_like_an_uninterrupted_one(folder, tmp_path):
-    overrides = ["train.epochs=3", "vcon.epochs=1", "train.lr=2e-3"]
-    whole = train.run(config(folder, *overrides), tmp_path / "whole")
+def test_each_process_reads_its_own_half_of_every_batch(tmp_path):
+    """With 2 processes, the epoch's batches (the same seeded order as one process) split in disjoint halves; the
+    next epoch reads another order. tests/test_slurm.py checks the same with two real SLURM tasks."""
+    cfg = make_config("data=imagefolder", f"data.path={numbered_folder(tmp_path)}", "data.stream=true",
+                      "data.image_size=8", "data.val_size=8", "data.workers=0")
+    split = data.load(cfg.data).train
 
-    def stop_after_one(epoch):
-        if epoch == 1:
-            raise KeyboardInterrupt
+    def read(epoch, world=distributed.SINGLE):
+        return [numbers(images) for images, _ in train.epoch_batches(split, 0, epoch, len(split), 8, 0, world)]
 
-    with pytest.raises(KeyboardInterrupt):
-        train.run(config(folder, *overrides), tmp_path / "split", on_epoch_end=stop_after_one)
-    resumed = train.run(config(folder, *overrides), tmp_path / "split")
-    a, b = checkpoint.load(tmp_path / "whole")["model"], checkpoint.load(tmp_path / "split")["model"]
-    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
-    assert resumed["test_acc"] == whole["test_acc"] and whole["step"] == 3 * 9
-    assert whole["test_acc"] > 60, whole["test_acc"]  # three colours: chance is 33 %
+    one = read(0)
+    halves = [read(0, distributed.World(rank, 2)) for rank in (0, 1)]
+    assert len(one) == len(halves[0]) == len(halves[1]) == 4  # 48 images: 8 held out for test, 8 for val
+    for whole, first, second in zip(one, *halves):
+        assert len(first) == len(second) == 4 and sorted(first + second) == sorted(whole)
+    assert len({n for batch in one for n in batch}) == 32 and read(1) != one
 
 
 def test_bad_folders_are_refused_naming_what_is_wrong(tmp_path, folder):
@@ -105,3 +87,35 @@ def test_imagefolder_streams_when_asked(folder):
     assert stream.streams(cfg.data) and data.load(cfg.data).train.streamed
     auto = make_config("data=imagefolder", f"data.path={folder}", "data.stream=auto").data
     assert not stream.streams(auto)  # 120 small images fit in memory
+
+
+def test_the_hubs_imagenet_layout_is_streamed_from_its_parquet_files(folder, tmp_path):
+    """data.path=null reads data.hub_id through datasets: here a local copy of the files in the hub's layout, which
+    datasets loads as it loads the hub's (without the hub). Rows are decoded by the workers, as files are."""
+    from conftest import parquet_copy
+
+    copy = parquet_copy(folder, tmp_path / "copy")
+    dataset = data.load(config(tmp_path, f"data.hub_id={copy}", "data.path=null").data)
+    assert (len(dataset.train), len(dataset.val), len(dataset.test)) == (108, 12, 30)
+    assert dataset.train.streamed and not dataset.test.augment
+    assert not data.needs_hub(config(copy, "data.path=null", f"data.hub_id={copy}").data)
+    assert data.needs_hub(config(copy, "data.path=null").data)  # ILSVRC/imagenet-1k
+    images, labels = next(dataset.test.batches(torch.arange(20, 30), 10))
+    assert labels.tolist() == [2] * 10 and images[:, 2].float().mean() - images[:, :2].float().mean() > 80
+    with pytest.raises(ConfigError, match=r"data.test_split='test'.*\['train', 'validation'\]"):
+        data.load(config(tmp_path, f"data.hub_id={copy}", "data.path=null", "data.test_split=test").data)
+
+
+def test_an_unreadable_row_is_named(tmp_path):
+    import datasets
+
+    (tmp_path / "data").mkdir()
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
+    good = (make_folder(tmp_path / "in", per_class=(2, 1)) / "val" / "n01" / "n01_0.JPEG").read_bytes()
+    for split in ("train", "validation"):
+        rows = {"image": [{"bytes": good, "path": None}] * 20 + [{"bytes": b"not a jpeg", "path": None}],
+                "label": [0] * 21}
+        datasets.Dataset.from_dict(rows, features).to_parquet(tmp_path / "data" / f"{split}-00000-of-00001.parquet")
+    test = data.load(config(tmp_path / "in", f"data.hub_id={tmp_path}", "data.path=null").data).test
+    with pytest.raises(OSError, match="cannot read image row 20 of .*validation split"):
+        list(test.batches(torch.arange(21), 21))

@@ -24,19 +24,33 @@ class World:
 SINGLE = World()
 
 
-def init(use_cuda: bool) -> World:
-    """Join the process group that torchrun (RANK/WORLD_SIZE...) or a multi-task SLURM step describes."""
+def world_from_environment() -> World:
+    """This process's place among the processes that torchrun (RANK, WORLD_SIZE...) or a multi-task SLURM step
+    describes. In a SLURM step of several tasks, on one node or many, the env:// rendezvous variables are derived
+    from SLURM's own (submitit's ``TorchDistributedEnvironment``): rank SLURM_PROCID, local rank SLURM_LOCALID, the
+    job's first node as MASTER_ADDR, MASTER_PORT drawn from the job id (the same in every task, different between
+    jobs sharing a node) unless set."""
     if "WORLD_SIZE" not in os.environ and int(os.environ.get("SLURM_STEP_NUM_TASKS", "1")) > 1:
         import submitit
 
-        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-    if os.environ.get("SLURM_CPUS_PER_TASK"):  # use the cores SLURM gave this task, not every core of the node
-        torch.set_num_threads(int(os.environ["SLURM_CPUS_PER_TASK"]))
+        # submitit's jobs set SUBMITIT_EXECUTOR; a plain `srun python run.py` does not, and SLURM's variables are
+        # all the derivation reads
+        os.environ.setdefault("SUBMITIT_EXECUTOR", "slurm")
+        # overwrite: export refuses a MASTER_PORT already set, though it is the port it has just read from there
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size == 1:
         return SINGLE
-    world = World(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")))
-    if not dist.is_initialized():
+    return World(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def init(use_cuda: bool) -> World:
+    """Join the process group of ``world_from_environment()``: NCCL on GPUs (the process's GPU is its local rank's;
+    every GPU of the node stays visible, so that NCCL can use peer access between them), gloo on CPUs."""
+    if os.environ.get("SLURM_CPUS_PER_TASK"):  # use the cores SLURM gave this task, not every core of the node
+        torch.set_num_threads(int(os.environ["SLURM_CPUS_PER_TASK"]))
+    world = world_from_environment()
+    if world.size > 1 and not dist.is_initialized():
         if use_cuda:
             torch.cuda.set_device(world.local_rank)
         dist.init_process_group("nccl" if use_cuda else "gloo")

@@ -60,11 +60,19 @@ def from_pretrained(cls: Any, name: str, **kwargs: Any) -> Any:
         raise _unavailable(f"model {name!r}", error) from error
 
 
+def is_local(name: str) -> bool:
+    """A local copy of a hub dataset (a folder of its files), which ``datasets`` reads without the hub."""
+    return os.path.isdir(os.path.expanduser(name))
+
+
 def load_dataset(name: str, subset: str | None = None) -> Any:
-    """``datasets.load_dataset(name, subset)`` (``subset``: e.g. a GLUE task), from the cache when offline."""
+    """``datasets.load_dataset(name, subset)`` (``subset``: e.g. a GLUE task), from the cache when offline; ``name``
+    may be a local copy of the dataset's files."""
     import datasets
 
     what = f"dataset {name!r}" + (f" ({subset})" if subset else "")
+    if is_local(name):
+        return datasets.load_dataset(os.path.expanduser(name), subset)
     require_reachable(what)
     try:
         return datasets.load_dataset(name, subset)

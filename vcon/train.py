@@ -15,7 +15,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -188,6 +188,18 @@ def _checkpoint_of(cfg: Any, run_dir: Path) -> dict[str, Any] | None:
     return state
 
 
+def epoch_batches(split: data.Split, seed: int, epoch: int, images: int, batch_size: int, start: int = 0,
+                  world: distributed.World = distributed.SINGLE) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Epoch ``epoch``'s whole batches of ``images`` examples of ``split``, from batch ``start`` on, this process's
+    share of each: the order is a permutation seeded by the run's seed and the epoch, the same in every process and
+    in a resumed run, and so is the per-example randomness of streamed crops."""
+    seed = seed * 100_003 + epoch
+    generator = torch.Generator().manual_seed(seed)
+    permutation = torch.randperm(len(split), generator=generator)[:images].to(split.labels.device)
+    order = split.order(permutation, batch_size, generator)
+    return split.batches(order[:images // batch_size * batch_size], batch_size, start, world, salt=seed)
+
+
 class Training:
     """One run from its build to its results: data, model and controller, optimizer step, progress, tracking."""
 
@@ -282,9 +294,6 @@ class Training:
         """The epoch's optimizer steps (from mid-epoch after a resume), checkpointing when a signal or the clock
         says so. Losses stay on the device until they are read, every ``log_every`` steps."""
         t, p, world = self.t, self.progress, self.world
-        generator = torch.Generator().manual_seed(self.cfg.seed * 100_003 + p.epoch)
-        order = self.dataset.train.order(torch.randperm(len(self.dataset.train), generator=generator)[
-            :self.epoch_images].to(self.dataset.train.labels.device), t.batch_size, generator)
         mix_rng = torch.Generator().manual_seed(self.cfg.seed * 100_019 + p.epoch + 7919 * world.rank)
         if p.mix_rng is not None:
             mix_rng.set_state(p.mix_rng)
@@ -293,8 +302,8 @@ class Training:
                    leave=False, dynamic_ncols=True,
                    disable=not (world.main and sys.stderr.isatty()))  # SLURM logs get the epoch lines alone
         self.last_log, pending = time.perf_counter(), []
-        batches = self.dataset.train.batches(order[:self.steps_per_epoch * t.batch_size], t.batch_size, p.batch, world,
-                                             salt=self.cfg.seed * 100_003 + p.epoch)  # this process's share of each
+        batches = epoch_batches(self.dataset.train, self.cfg.seed, p.epoch, self.epoch_images, t.batch_size, p.batch,
+                                world)
         while p.batch < self.steps_per_epoch:
             loss = self.step(*next(batches), mix_rng)
             p.step, p.batch = p.step + 1, p.batch + 1
