@@ -1,5 +1,5 @@
 """Where each process of a multi-node SLURM job finds its place: the environment every task derives from SLURM's
-variables (tests/test_slurm.py runs real 2-task jobs; several nodes cannot be run on one machine)."""
+variables, for a job larger than the local cluster (tests/test_slurm.py runs real jobs on its two nodes)."""
 import os
 
 import pytest

@@ -1,12 +1,12 @@
-"""Sweeps on a real SLURM cluster (sweeps/slurm/cluster-up.sh), through Hydra's submitit launcher: results of every
-job, settings from a cluster file of the user's, preemption and requeue mid-training, and 2-process data parallelism.
+"""Sweeps on a real SLURM cluster of two nodes on this machine (sweeps/slurm/cluster-up.sh), through Hydra's submitit
+launcher: results of every job, settings from a cluster file of the user's, preemption and requeue mid-training, and
+data parallelism over two processes on one node and on two nodes.
 
 CI starts the cluster and sets VCON_SLURM=1, which turns a missing cluster into a failure instead of a skip."""
 import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -141,15 +141,18 @@ def test_a_stopped_job_is_requeued_and_resumes_where_it_stopped(tmp_path, how):
           f"final step {final['step']}")
 
 
-def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
-    """Two SLURM tasks, gloo on the CPU, each half of every batch; against one process with the same batch of 64."""
+def test_two_nodes_match_one_process_with_the_same_global_batch(tmp_path):
+    """A job of two nodes, a task on each (gloo over TCP, meeting at the first node), each half of every batch;
+    against one process with the same batch of 64."""
     args = [*QUICK, "data.train_size=1024", "compression=lrd", "compression.rank=8"]
-    two = run_py(*SLURM, "hydra.launcher.tasks_per_node=2", *args, f"outputs={tmp_path / 'two'}", "sweep_name=d",
-                 timeout=600)
+    two = run_py(*SLURM, "hydra.launcher.nodes=2", "hydra.launcher.tasks_per_node=1", *args,
+                 f"outputs={tmp_path / 'two'}", "sweep_name=d", timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
     one = run_py(*args, f"outputs={tmp_path / 'one'}", env={"OMP_NUM_THREADS": "1"})
     assert one.returncode == 0, one.stderr[-3000:]
     run_two = only_run(tmp_path / "two" / "sweeps" / "d")
+    started = " ".join(p.read_text() for p in (tmp_path / "two" / "sweeps" / "d").glob(".submitit/*/*_log.out"))
+    assert "node=0(2), global_rank=0(2)" in started and "node=1(2), global_rank=1(2)" in started  # one per node
     (run_one,) = (tmp_path / "one" / "runs").iterdir()
     a, b = results(run_two), results(run_one)
     assert (a["processes"], b["processes"]) == (2, 1)
@@ -170,12 +173,15 @@ def _read_two_epochs(data_cfg, seed: int, batch_size: int) -> dict:
     split = data.load(data_cfg).train
     read = [[numbers(images) for images, _ in train.epoch_batches(split, seed, epoch, len(split), batch_size,
                                                                   world=world)] for epoch in (0, 1)]
-    return {"world": (world.rank, world.size), "master": os.environ["MASTER_ADDR"], "read": read}
+    return {"world": (world.rank, world.size), "node": os.environ["SLURMD_NODENAME"],
+            "master": os.environ["MASTER_ADDR"], "read": read}
 
 
-def test_two_slurm_tasks_read_disjoint_halves_of_every_streamed_epoch(tmp_path):
-    """Two tasks of one SLURM job stream a folder of numbered images: in each epoch, each reads half of every
-    batch of the order one process would read, the halves disjoint, nothing repeated or left out."""
+@pytest.mark.parametrize("nodes, per_node", [(1, 2), (2, 1)])
+def test_two_slurm_tasks_read_disjoint_halves_of_every_streamed_epoch(tmp_path, nodes, per_node):
+    """Two tasks of one SLURM job (on one node, or one on each of two) stream a folder of numbered images: in each
+    epoch, each reads half of every batch of the order one process would read, the halves disjoint, nothing repeated
+    or left out."""
     import submitit
 
     from vcon import data, distributed, train
@@ -183,10 +189,11 @@ def test_two_slurm_tasks_read_disjoint_halves_of_every_streamed_epoch(tmp_path):
     cfg = make_config("data=imagefolder", f"data.path={numbered_folder(tmp_path / 'images', 2, 40)}",
                       "data.stream=true", "data.image_size=8", "data.val_size=8", "data.workers=1")
     executor = submitit.AutoExecutor(tmp_path / "jobs", cluster="slurm")
-    executor.update_parameters(tasks_per_node=2, cpus_per_task=1, timeout_min=10,
+    executor.update_parameters(nodes=nodes, tasks_per_node=per_node, cpus_per_task=1, timeout_min=10,
                                slurm_setup=[f"export PYTHONPATH={Path(__file__).parent}"])  # the job imports tests/
     tasks = executor.submit(_read_two_epochs, cfg.data, cfg.seed, 8).results()
-    assert [t["world"] for t in tasks] == [(0, 2), (1, 2)] and {t["master"] for t in tasks} == {socket.gethostname()}
+    assert [t["world"] for t in tasks] == [(0, 2), (1, 2)] and len({t["node"] for t in tasks}) == nodes
+    assert {t["master"] for t in tasks} == {tasks[0]["node"]}  # rank 0's node, where the others meet it
     split = data.load(cfg.data).train
     for epoch in (0, 1):
         one = [numbers(images) for images, _ in train.epoch_batches(split, cfg.seed, epoch, len(split), 8,
@@ -195,6 +202,6 @@ def test_two_slurm_tasks_read_disjoint_halves_of_every_streamed_epoch(tmp_path):
         assert len(one) == len(first) == len(second) == (80 - 16) // 8
         for whole, a, b in zip(one, first, second):
             assert len(a) == len(b) == 4 and not set(a) & set(b) and sorted(a + b) == sorted(whole)
-        print(f"\nepoch {epoch}: rank 0 read {sum(map(len, first))} images, rank 1 {sum(map(len, second))}, "
+        print(f"\n{nodes} node(s), epoch {epoch}: rank 0 read {sum(map(len, first))} images, rank 1 {sum(map(len, second))}, "
               f"none in common; together the {sum(map(len, one))} of one process's epoch, batch by batch")
     assert tasks[0]["read"][0] != tasks[0]["read"][1]  # a new order each epoch

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Stop the daemons cluster-up.sh started, by the process ids it recorded (nothing else is touched).
 PIDS=/run/vcon-slurm
-for daemon in slurmd slurmctld slurmdbd mariadbd munged; do
+for daemon in slurmd-n1 slurmd-n2 slurmd slurmctld slurmdbd mariadbd munged; do
   file=$PIDS/$daemon.pid
   [[ -s $file ]] || continue
   pid=$(cat "$file")

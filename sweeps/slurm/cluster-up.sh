@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Start a real single-node SLURM cluster on this machine, as root: munge, MariaDB + slurmdbd (accounting, without
-# which submitit cannot see a job that died), slurmctld and slurmd. For CI and for trying sweeps locally.
+# Start a real SLURM cluster on this machine, as root: munge, MariaDB + slurmdbd (accounting, without which submitit
+# cannot see a job that died), slurmctld, and two compute nodes, n1 and n2: two slurmd daemons on their own ports,
+# so that multi-node jobs (hydra.launcher.nodes=2) really run across two nodes. For CI and for trying sweeps locally.
 # Every daemon's process id goes to /run/vcon-slurm/*.pid, which cluster-down.sh uses to stop exactly these.
-#   sweeps/slurm/cluster-up.sh            # prints sinfo when the node is idle
+#   sweeps/slurm/cluster-up.sh            # prints sinfo when the nodes are idle
 set -euo pipefail
 [[ $(id -u) == 0 ]] || { echo "cluster-up.sh: must run as root (it starts system daemons)" >&2; exit 1; }
 PIDS=/run/vcon-slurm
@@ -13,12 +14,16 @@ if ! dpkg -s $PACKAGES >/dev/null 2>&1; then
 fi
 
 host=$(hostname -s)
-getent hosts "$host" >/dev/null || echo "127.0.0.1 $host" >>/etc/hosts
+NODES="n1 n2"
+for name in $host $NODES; do  # the nodes' names resolve here: jobs meet at their first node (MASTER_ADDR)
+  getent hosts "$name" >/dev/null || echo "127.0.0.1 $name" >>/etc/hosts
+done
 mem_mb=$(awk '/MemTotal/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)
 # Offer more CPUs than the machine has (slurmd accepts it with config_overrides), so that a test's jobs are not
-# queued behind a long sweep on a 2-core machine; set VCON_SLURM_CPUS=$(nproc) for a faithful count.
+# queued behind a long sweep on a 2-core machine; set VCON_SLURM_CPUS=$(nproc) for a faithful count. Each node
+# offers them all, and the machine's memory.
 cpus=${VCON_SLURM_CPUS:-$(( $(nproc) * 4 ))}
-install -d -m 0755 "$PIDS" /etc/slurm /var/spool/slurmctld /var/spool/slurmd /var/log/slurm
+install -d -m 0755 "$PIDS" /etc/slurm /var/spool/slurmctld /var/spool/slurmd-n1 /var/spool/slurmd-n2 /var/log/slurm
 
 until_ok() {  # until_ok SECONDS command...: retry every 0.25 s
   local deadline=$(( $(date +%s) + $1 )); shift
@@ -59,14 +64,15 @@ AccountingStorageHost=localhost
 ReturnToService=2
 SlurmdParameters=config_overrides
 SlurmctldPidFile=/run/slurmctld.pid
-SlurmdPidFile=/run/slurmd.pid
+SlurmdPidFile=/run/slurmd-%n.pid
 StateSaveLocation=/var/spool/slurmctld
-SlurmdSpoolDir=/var/spool/slurmd
+SlurmdSpoolDir=/var/spool/slurmd-%n
 SlurmctldLogFile=/var/log/slurm/slurmctld.log
-SlurmdLogFile=/var/log/slurm/slurmd.log
+SlurmdLogFile=/var/log/slurm/slurmd-%n.log
 KillWait=5
 MinJobAge=300
-NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
+NodeName=n1 NodeHostname=$host NodeAddr=127.0.0.1 Port=17001 CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
+NodeName=n2 NodeHostname=$host NodeAddr=127.0.0.1 Port=17002 CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 CONF
 
@@ -99,13 +105,13 @@ if ! alive slurmdbd; then
   record slurmdbd
 fi
 
-# controller and node daemon, restarted so that they read the slurm.conf written above
-for daemon in slurmd slurmctld; do
+# controller and node daemons, restarted so that they read the slurm.conf written above
+for daemon in slurmd-n1 slurmd-n2 slurmd slurmctld; do  # (slurmd: one node, as an earlier version started)
   if alive $daemon; then pid=$(cat "$PIDS/$daemon.pid"); kill "$pid"; until_ok 20 sh -c "! kill -0 $pid"; fi
 done
 slurmctld && record slurmctld
-slurmd && record slurmd
-node_ready() { sinfo -h -n "$host" -o %t | grep -Eq '^(idle|mix|alloc)'; }
-until_ok 60 node_ready || { scontrol update nodename="$host" state=resume || true; until_ok 30 node_ready; }
+for node in $NODES; do slurmd -N "$node" && record "slurmd-$node"; done
+nodes_ready() { [[ $(sinfo -h -N -o %t | grep -Ec '^(idle|mix|alloc)') == 2 ]]; }
+until_ok 60 nodes_ready || { scontrol update nodename=n[1-2] state=resume || true; until_ok 30 nodes_ready; }
 until_ok 40 sh -c "sacctmgr -n show cluster format=cluster | grep -q vcon"
 sinfo
