@@ -9,7 +9,9 @@
 #   precision - the offline default run (vit-micro, Fashion-MNIST, pruning 90 %, VCON) in bf16 and fp32, 3 seeds
 #   export  - bench/export_speed.py on the GPU (2:4 sparse kernels, low-rank factors, packed formats)
 #   torchvision - vcon's RandAugment against torchvision's, op by op (torchvision cannot be installed beside CPU torch)
-# Usage: bash bench/gpu_checks.sh "graph graph_precision speed precision torchvision export" [results folder,
+#   decode  - bench/decode_speed.py: JPEG decoding on the machine's cores (Pillow, as streamed runs do) against nvJPEG
+#             on the GPU (torchvision), 1,024 generated ImageNet-sized JPEGs; under 2 minutes
+# Usage: bash bench/gpu_checks.sh "graph graph_precision speed precision torchvision export decode" [results folder,
 #        default bench/results]; each part stays under 10 minutes (one device call), two or more may not
 # The machine needs torch, transformers and safetensors; hydra-core, omegaconf and antlr4 (pure Python) can come in
 # a folder on PYTHONPATH (VCON_PYDEPS), and Fashion-MNIST's IDX files in VCON_FASHION_MNIST. With this workplace's
@@ -21,7 +23,7 @@
 # Seen on an H200 (2026-11-27): speed ~5 min (7 compiled configurations, 7 eager, 1 fp32), precision ~1 min,
 # export ~3 min, torchvision ~10 s; a machine start ~40 s.
 set -uo pipefail
-what=" ${1:-graph graph_precision speed precision torchvision export} "
+what=" ${1:-graph graph_precision speed precision torchvision export decode} "
 out=${2:-bench/results}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH="${VCON_PYDEPS:+$VCON_PYDEPS:}$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -94,4 +96,8 @@ fi
 if [[ $what == *" export "* ]]; then
   python3 bench/export_speed.py --device cuda 2>&1 | tee "$out/export_speed.log"
   cp bench/results/export_speed_*.json "$out/" 2>/dev/null || true
+fi
+
+if [[ $what == *" decode "* ]]; then
+  timeout 240 python3 bench/decode_speed.py --out "$out" 2>&1 | tee "$out/decode_speed.log"
 fi
