@@ -62,7 +62,8 @@ def first_step(folder: Path, val_images: int, test_images: int, workers: int, ba
     """run.py on ``folder`` until its first checkpoint; the seconds from launch to each phase."""
     out = Path(tempfile.mkdtemp(prefix="vcon-first-step-"))
     command = [sys.executable, "run.py", "model=vit-tiny-scratch", "data=imagenet", f"data.path={folder}",
-               f"data.workers={workers}", f"data.val_size={val_images}", f"data.test_size={test_images}", f"train.batch_size={batch}",
+               f"data.workers={workers}", f"data.val_size={val_images}", f"data.test_size={test_images}",
+               f"train.batch_size={batch}",
                "train.checkpoint_every_min=0", "tracking.wandb.mode=disabled", f"outputs={out}"]
     started = time.time()
     with open(out / "output.txt", "w") as output:
@@ -83,7 +84,8 @@ def first_step(folder: Path, val_images: int, test_images: int, workers: int, ba
         return next(stamp(line) for line in log if re.search(pattern, line)) - started
 
     data_line = next(line for line in log if "] - data imagenet:" in line)
-    return {"files": data_line.split("] - ")[1], "val_images": val_images, "test_images": test_images, "workers": workers, "batch": batch,
+    return {"files": data_line.split("] - ")[1], "val_images": val_images, "test_images": test_images,
+            "workers": workers, "batch": batch,
             "data_s": at(r"\] - data imagenet:"), "dense_test_s": at(r"\] - dense test"),
             "first_step_s": stepped - started}
 

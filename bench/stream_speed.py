@@ -107,7 +107,8 @@ def main() -> None:
                              capture_output=True, text=True, check=True, cwd=ROOT)
         row = json.loads(out.stdout.strip().splitlines()[-1])
         rows.append(row)
-        print(f"  {row['files']:>7,} files: scan {row['scan_s']:.1f} s, RSS {row['rss_after_scan_mib']:.0f} MiB after it, "
+        print(f"  {row['files']:>7,} files: scan {row['scan_s']:.1f} s, "
+              f"RSS {row['rss_after_scan_mib']:.0f} MiB after it, "
               f"peak {row['peak_rss_mib']:.0f} MiB "
               f"(a worker: {row['peak_worker_rss_mib']:.0f} MiB), "
               f"streamed {row['streamed_images_per_s']:.0f} images/s with {row['workers']} workers, in memory "

@@ -202,6 +202,7 @@ def test_two_slurm_tasks_read_disjoint_halves_of_every_streamed_epoch(tmp_path, 
         assert len(one) == len(first) == len(second) == (80 - 16) // 8
         for whole, a, b in zip(one, first, second):
             assert len(a) == len(b) == 4 and not set(a) & set(b) and sorted(a + b) == sorted(whole)
-        print(f"\n{nodes} node(s), epoch {epoch}: rank 0 read {sum(map(len, first))} images, rank 1 {sum(map(len, second))}, "
+        print(f"\n{nodes} node(s), epoch {epoch}: rank 0 read {sum(map(len, first))} images, "
+              f"rank 1 {sum(map(len, second))}, "
               f"none in common; together the {sum(map(len, one))} of one process's epoch, batch by batch")
     assert tasks[0]["read"][0] != tasks[0]["read"][1]  # a new order each epoch

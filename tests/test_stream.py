@@ -79,6 +79,18 @@ def test_bad_folders_are_refused_naming_what_is_wrong(tmp_path, folder):
     assert torch.equal(images[0], images[1]) and labels.tolist() == [0, 0, 1, 1, 2, 2]
     with pytest.raises(ConfigError, match="data.bad_images='ignore'"):
         data.load(config(broken, "data.bad_images=ignore").data)
+    with pytest.raises(ConfigError, match=r"data.workers=-1 is not allowed: expected an integer >= 0"):
+        data.load(config(broken, "data.workers=-1").data)
+
+
+def test_more_workers_than_cores_are_warned_of(folder, monkeypatch, caplog):
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "2")
+    data.load(config(folder).data)
+    assert "data.workers=2 decode on the 2 cores this process has" in caplog.text
+    caplog.clear()
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "4")
+    data.load(config(folder).data)
+    assert "data.workers" not in caplog.text
 
 
 def test_imagefolder_streams_when_asked(folder):

@@ -221,6 +221,18 @@ def streams(cfg: Any) -> bool:
     return len(names) * 3 * cfg.image_size ** 2 > STREAM_ABOVE
 
 
+def _workers(cfg: Any) -> int:
+    """``data.workers``, with a warning where they would compete with training for this process's cores (SLURM's
+    cpus_per_task, else the cores this process may run on)."""
+    require(isinstance(cfg.workers, int) and cfg.workers >= 0, "data.workers", cfg.workers,
+            "an integer >= 0 (0: decode in the training process)")
+    cores = int(os.environ.get("SLURM_CPUS_PER_TASK") or len(os.sched_getaffinity(0)))
+    if cfg.workers >= cores:
+        log.warning("data.workers=%d decode on the %d cores this process has, beside training: give each process "
+                    "about data.workers + 2 cores (hydra.launcher.cpus_per_task)", cfg.workers, cores)
+    return cfg.workers
+
+
 def _skip_bad(cfg: Any) -> bool:
     require(cfg.bad_images in BAD_IMAGES, "data.bad_images", cfg.bad_images, f"one of {BAD_IMAGES}")
     return cfg.bad_images == "skip"
@@ -231,20 +243,20 @@ def folder(cfg: Any, test_folders: tuple[str, ...] = ("test", "val")) -> tuple[S
     classes); without one, a fixed test split held out of training as for in-memory folders."""
     root, skip = Path(str(cfg.path)).expanduser(), _skip_bad(cfg)
     files, labels, classes = scan(root / "train")
-    train = StreamedSplit(files, labels, cfg.image_size, cfg.workers, skip_bad=skip)
+    train = StreamedSplit(files, labels, cfg.image_size, _workers(cfg), skip_bad=skip)
     held = next((root / name for name in test_folders if (root / name).is_dir()), None)
     if held is None:
         kept, test = held_out(len(train), cfg)
         return train.subset(kept), train.subset(test).for_evaluation()
     test_files, test_labels, _ = scan(held, classes)
-    return train, StreamedSplit(test_files, test_labels, cfg.image_size, cfg.workers, augment=False, skip_bad=skip)
+    return train, StreamedSplit(test_files, test_labels, cfg.image_size, train.workers, augment=False, skip_bad=skip)
 
 
 def rows(cfg: Any) -> tuple[StreamedSplit, StreamedSplit]:
     """``data.hub_id``'s train split streamed from its Arrow files, and its ``data.test_split`` as the test split:
     from the hub (``datasets`` downloads and converts it once, into its cache), or from a local copy of the
     dataset's files (a folder of its parquet shards)."""
-    skip, tables = _skip_bad(cfg), hub.load_dataset(cfg.hub_id)
+    skip, workers, tables = _skip_bad(cfg), _workers(cfg), hub.load_dataset(cfg.hub_id)
     require(cfg.test_split in tables, "data.test_split", cfg.test_split, f"one of {sorted(tables)}")
 
     def split(name: str, augment: bool) -> StreamedSplit:
@@ -254,7 +266,7 @@ def rows(cfg: Any) -> tuple[StreamedSplit, StreamedSplit]:
             raise ConfigError(f"{cfg.hub_id}'s {name} split is unlabelled (label -1); data.test_split must name a "
                               f"labelled split of {sorted(tables)}")
         source = Rows(table, cfg.image_key, np.arange(len(table)))
-        return StreamedSplit(source, labels, cfg.image_size, cfg.workers, augment=augment, skip_bad=skip)
+        return StreamedSplit(source, labels, cfg.image_size, workers, augment=augment, skip_bad=skip)
 
     return split("train", True), split(cfg.test_split, False)
 
