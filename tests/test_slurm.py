@@ -51,7 +51,8 @@ def test_sweep_on_slurm_with_a_users_cluster_file(tmp_path):
     (own / "mycluster.yaml").write_text("defaults:\n  - slurm\npartition: debug\ntimeout_min: 15\n"
                                         "additional_parameters: {comment: vcon-test}\n")
     done = run_py("-m", f"--config-dir={tmp_path / 'my-cluster'}", "hydra/launcher=mycluster",
-                  "hydra.launcher.cpus_per_task=1", *QUICK, "compression=prune,quant,none", "vcon.epochs=0,1",
+                  "hydra.launcher.cpus_per_task=1", *QUICK, "data.train_size=128", "data.val_size=64",
+                  "data.test_size=128", "compression=prune,quant,none", "vcon.epochs=0,1",
                   f"outputs={tmp_path}", "sweep_name=grid", timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     sweep = tmp_path / "sweeps" / "grid"

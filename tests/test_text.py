@@ -238,8 +238,8 @@ def test_a_text_sweep_through_the_local_slurm_cluster(tmp_path):
 
     if not _cluster_up():
         pytest.skip("no SLURM cluster (sweeps/slurm/cluster-up.sh)")
-    done = run_py(*SLURM, *TEXT, "compression=prune,quant", "vcon.epochs=0,1", f"outputs={tmp_path}",
-                  "sweep_name=text", timeout=600)
+    done = run_py(*SLURM, *TEXT, "data.test_size=250", "compression=prune,quant", "vcon.epochs=0,1",
+                  f"outputs={tmp_path}", "sweep_name=text", timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     table = (tmp_path / "sweeps" / "text" / "summary.md").read_text()
     assert "test accuracy β=0 (%)" in table and table.count("| bert-micro | rotten-tomatoes |") == 4
