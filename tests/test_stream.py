@@ -118,16 +118,18 @@ def test_the_hubs_imagenet_layout_is_streamed_from_its_parquet_files(folder, tmp
         data.load(config(tmp_path, f"data.hub_id={copy}", "data.path=null", "data.test_split=test").data)
 
 
-def test_an_unreadable_row_is_named(tmp_path):
+def test_an_unreadable_row_is_named_and_an_unlabelled_split_refused(tmp_path):
     import datasets
 
     (tmp_path / "data").mkdir()
     features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
     good = (make_folder(tmp_path / "in", per_class=(2, 1)) / "val" / "n01" / "n01_0.JPEG").read_bytes()
-    for split in ("train", "validation"):
+    for split, label in (("train", 0), ("validation", 0), ("test", -1)):  # the hub's test split has no labels
         rows = {"image": [{"bytes": good, "path": None}] * 20 + [{"bytes": b"not a jpeg", "path": None}],
-                "label": [0] * 21}
+                "label": [label] * 21}
         datasets.Dataset.from_dict(rows, features).to_parquet(tmp_path / "data" / f"{split}-00000-of-00001.parquet")
     test = data.load(config(tmp_path / "in", f"data.hub_id={tmp_path}", "data.path=null").data).test
     with pytest.raises(OSError, match="cannot read image row 20 of .*validation split"):
         list(test.batches(torch.arange(21), 21))
+    with pytest.raises(ConfigError, match="test split is unlabelled"):
+        data.load(config(tmp_path / "in", f"data.hub_id={tmp_path}", "data.path=null", "data.test_split=test").data)
