@@ -50,6 +50,7 @@ def check(cfg: Any) -> tuple[Compression, Method]:
     if taken == "text":
         text.check_max_length(cfg.data, cfg.model)
     tracking.check(cfg)
+    targets.check(cfg.target)
     compression, method = compression_from_config(cfg.compression), method_from_config(cfg.method)
     if compression.dense and isinstance(method, Gradual):
         raise ConfigError("method=gradual is not allowed with compression=none: nothing is compressed, so nothing "
