@@ -174,7 +174,8 @@ def _text_files(cfg: Any, model_cfg: Any) -> tuple[Split, Split]:
     suffix = Path(files["train"]).suffix
     builder, options = ("json", {}) if suffix == ".jsonl" else ("csv", {"delimiter": "\t" if suffix == ".tsv" else ","})
     # one file at a time: together, datasets requires the same columns of both and fails with its own traceback
-    ds = {name: datasets.load_dataset(builder, data_files={name: path}, **options)[name] for name, path in files.items()}
+    ds = {name: datasets.load_dataset(builder, data_files={name: path}, **options)[name]
+          for name, path in files.items()}
     for name, rows in ds.items():
         missing = [c for c in [*cfg.text_columns, cfg.label_column] if c not in rows.column_names]
         if missing:
