@@ -1,5 +1,6 @@
 """Where each process of a multi-node SLURM job finds its place: the environment every task derives from SLURM's
-variables, for a job larger than the local cluster (tests/test_slurm.py runs real jobs on its two nodes)."""
+variables, for a job larger than the local cluster (tests/test_slurm.py runs real jobs on its two nodes). And two
+gloo processes training together that see different clocks and signals: they still checkpoint and stop together."""
 import os
 import signal
 
@@ -110,7 +111,20 @@ def train_as_rank(rank: str, port: str, folder: str, scenario: str) -> None:
     os.environ.update(RANK=rank, WORLD_SIZE="2", LOCAL_RANK=rank, MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
     torch.set_num_threads(1)  # two processes on a few shared cores
     saved, save, validate = [], train.Training.save, train.Training.validate
-    train.Training.save = lambda self, finished: (saved.append(self.progress.step), save(self, finished))[1]
+
+    def recorded_save(self, finished):
+        saved.append(self.progress.step)
+        save(self, finished)
+
+    def signalled_validate(self):  # in end_epoch, before it decides whether to leave
+        signal_me(self.progress.epoch + 1)
+        return validate(self)
+
+    def signal_me(epoch):
+        if epoch == 1 and rank == "0":
+            os.kill(os.getpid(), signal.SIGUSR2)
+
+    train.Training.save = recorded_save
 
     def run(name, on_epoch_end=None):
         saved.clear()
@@ -121,17 +135,13 @@ def train_as_rank(rank: str, port: str, folder: str, scenario: str) -> None:
             code = stopped.code
         print(json.dumps({"run": name, "exit": code, "saved": saved}), flush=True)
 
-    def signal_me(epoch):
-        if epoch == 1 and rank == "0":
-            os.kill(os.getpid(), signal.SIGUSR2)
-
     if scenario == "clocks":
         train.time = JumpingClock(3) if rank == "1" else time
         run("clocks")
     else:  # signals to rank 0 alone: between two steps, then while it validates the epoch just trained
         run("between-steps", signal_me)
         run("between-steps")  # resumed
-        train.Training.validate = lambda self: (signal_me(self.progress.epoch + 1), validate(self))[1]
+        train.Training.validate = signalled_validate
         run("in-validation")
 
 
