@@ -154,3 +154,16 @@ def test_one_shot_is_the_default_schedule():
 def test_bad_settings_are_refused_with_the_value_and_what_is_allowed(bad, message):
     with pytest.raises(ConfigError, match=message):
         bad()
+
+
+@pytest.mark.parametrize("lost", ["schedule", "step"])
+def test_a_state_missing_a_key_is_refused_naming_it(lost):
+    controller = compress_(tiny_vit(), Prune(ratio=0.5), schedule=Schedule("linear", 4))
+    state = {k: v for k, v in controller.state_dict().items() if k != lost}
+    with pytest.raises(ValueError) as refused:
+        controller.load_state_dict(state)
+    assert str(refused.value) == (f"this controller state lacks ['{lost}']: it is not a Controller.state_dict() (its "
+                                  f"keys: {sorted(state)})")
+    older = {k: v for k, v in controller.state_dict().items() if k != "method"}  # saved before methods were named
+    controller.load_state_dict(older | {"step": 2})
+    assert float(controller.beta) == 0.5

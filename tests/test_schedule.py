@@ -46,6 +46,14 @@ def test_q_in_epochs_becomes_optimizer_steps():
     assert from_config(vcon(epochs=0.5), steps_per_epoch=390, total_steps=390).q_steps == 195
 
 
+def test_vcon_epochs_zero_stays_one_shot_and_the_smallest_q_the_refusal_names_is_one_step():
+    assert from_config(vcon(epochs=0), steps_per_epoch=10, total_steps=100).q_steps == 0
+    assert from_config(vcon(epochs=0.1), steps_per_epoch=10, total_steps=100).q_steps == 1
+    assert from_config(vcon(epochs=1 / 390), steps_per_epoch=390, total_steps=390).q_steps == 1  # shown as 0.00256
+    with pytest.raises(ConfigError, match=r"at least 0.00256 \(one step\)"):
+        from_config(vcon(epochs=0.001), steps_per_epoch=390, total_steps=390)
+
+
 def test_q_in_steps_overrides_epochs():
     assert from_config(vcon(steps=77), steps_per_epoch=10, total_steps=100).q_steps == 77
 
@@ -55,6 +63,8 @@ def test_q_in_steps_overrides_epochs():
     ({"steps": -5}, "vcon.steps=-5"),
     ({"epochs": 12}, "vcon.epochs=12 is 120 optimizer steps, longer than the run's 100"),
     ({"shape": "sigmoid"}, "vcon.shape='sigmoid'"),
+    ({"epochs": 0.04}, "vcon.epochs=0.04 is 0.4 of the 10 optimizer steps an epoch, which rounds to no step; allowed: "
+                       r"vcon.epochs=0 for one-shot compression, or at least 0.1 \(one step\) for VCON"),
 ])
 def test_bad_q_or_shape_is_refused(kw, message):
     with pytest.raises(ConfigError, match=message):

@@ -81,3 +81,21 @@ def test_a_task_scored_by_another_metric_is_tabled_and_plotted_by_it():
     assert "| test Matthews correlation β=0 (%) |" in table and "| 40.50 ± 0.71 | +9.50 ± 0.71 |" in table
     fig = report.gains(cola)
     assert fig.axes[0].get_ylabel() == "VCON − baseline, test Matthews correlation (points)"
+
+
+def test_a_job_refused_for_its_method_settings_gets_a_row_with_its_error():
+    """The sweep table (and vcon-report, which reads the same rows) of a sweep where one job was refused before
+    training for its method's settings: they are named as refused, its error listed; the other rows are as ever."""
+    cfg = make_config("method=gradual", "method.svd_every=0", "vcon.epochs=3")
+    compression, transition = "prune 0.9 layer", "gradual (refused settings) Q=3 ep cubic"
+    failed = {"dir": identity.run_id(cfg), "identity": identity.identity(cfg), "status": "failed",
+              "error": "ConfigError: ... is not allowed"}
+    swept = runs() + [failed]
+    rows = sweep.summarize(swept)
+    row = next(r for r in rows if r["failed"])
+    assert (row["compression"], row["transition"], row["runs"], row["done"]) == (compression, transition, 1, 0)
+    assert [r["_gains"] for r in rows if r["transition"] == "VCON Q=3 ep linear" and r["done"]] == [
+        {"one-shot": [5.0, 4.5, 6.0], "gradual": [2.0, 3.5, 0.5]}]
+    table = sweep.markdown(rows, swept)
+    assert f"| {compression} | {transition} | 1 (0/1) | – |" in table
+    assert f"* `{failed['dir']}`: ConfigError: ... is not allowed" in table

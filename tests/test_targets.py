@@ -1,9 +1,14 @@
 """Module targeting on the installed transformers' ViT, without relying on its attribute names."""
+import copy
+
 import pytest
+import torch
 from omegaconf import OmegaConf
 from torch import nn
 from transformers import ViTConfig, ViTForImageClassification
 
+from conftest import make_config
+from vcon import Prune, compress_, train
 from vcon.errors import ConfigError
 from vcon.targets import block_lists, select
 
@@ -55,3 +60,43 @@ def test_no_match_is_an_error_naming_the_pattern(vit_tiny):
 def test_unknown_type_is_an_error(vit_tiny):
     with pytest.raises(ConfigError, match="target.types='Dense'"):
         select(vit_tiny, target(types=["Dense"]))
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attention = nn.Linear(8, 8)
+        self.mlp = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8))
+
+    def forward(self, x):
+        return x + self.mlp(x + self.attention(x))
+
+
+def test_a_model_that_is_itself_a_sequential_of_blocks_has_its_blocks_chosen():
+    """timm-style ``nn.Sequential(block, block, ...)`` as the whole model: the list of blocks is the model ("")."""
+    net = nn.Sequential(Block(), Block(), Block())
+    assert block_lists(net) == [""]
+    chosen = select(net, target())
+    assert sorted(chosen) == sorted(f"{i}.{n}" for i in range(3) for n in ("attention", "mlp.0", "mlp.2"))
+    controller = compress_(net, Prune(ratio=0.5))  # the library's default choice: the same blocks
+    assert len(controller.names) == 9 and net(torch.randn(2, 8)).shape == (2, 8)
+
+
+@pytest.mark.parametrize("within", ["blocks", "all"])
+def test_a_type_vcon_cannot_compress_is_refused_naming_it_and_the_allowed(vit_tiny, within):
+    message = "target.types='Conv2d' is not allowed: expected one of ['Linear']: the torch.nn layers vcon compresses"
+    with pytest.raises(ConfigError) as refused:
+        select(vit_tiny, target(within=within, types=["Linear", "Conv2d"]))
+    assert str(refused.value).startswith(message)
+    with pytest.raises(ConfigError) as refused:  # by the run's first checks, before the model is loaded
+        train.check(make_config(f"target.within={within}", "target.types=[Conv2d]"))
+    assert str(refused.value).startswith(message)
+
+
+def test_a_filter_fn_picking_what_vcon_cannot_compress_is_refused_naming_it(vit_tiny):
+    net = copy.deepcopy(vit_tiny)
+    first = next(n for n, m in net.named_modules() if isinstance(m, nn.LayerNorm))
+    with pytest.raises(ConfigError) as refused:
+        compress_(net, Prune(ratio=0.5), filter_fn=lambda module, name: isinstance(module, (nn.Linear, nn.LayerNorm)))
+    assert str(refused.value) == (f"filter_fn picks 25 module(s) that vcon cannot compress, e.g. {first} (LayerNorm); "
+                                  "allowed: torch.nn ['Linear'] (subclasses included)")

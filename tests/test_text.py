@@ -246,3 +246,18 @@ def test_a_text_sweep_through_the_local_slurm_cluster(tmp_path):
     gains = re.findall(r"\| VCON Q=1 ep linear \| 1 \(1/0\) \| [\d.]+ \(one run\) \| ([+-][\d.]+) \(one run\)", table)
     assert len(gains) == 2, table  # pruning and binary: VCON against one-shot
     print("\n" + table)
+
+
+def test_a_test_label_the_training_file_lacks_is_refused_naming_it(tmp_path):
+    """The model gets one output per label of train.csv: a test label outside them could never be predicted."""
+    (tmp_path / "train.csv").write_text("text,label\n" + "a good film,fresh\na bad film,rotten\n" * 20)
+    (tmp_path / "test.csv").write_text("text,label\n" + "a good film,fresh\nan odd film,meh\n" * 5)
+    cfg = make_config("model=bert-micro", "data=text-files", f"data.path={tmp_path}", "data.val_size=4")
+    with pytest.raises(ConfigError) as refused:
+        data.load(cfg.data, cfg.model)
+    assert str(refused.value) == (f"{tmp_path / 'test.csv'} has label(s) ['meh'] in column 'label' that "
+                                  f"{tmp_path / 'train.csv'} lacks; allowed: the training file's labels "
+                                  "['fresh', 'rotten']")
+    (tmp_path / "test.csv").write_text("text,verdict\n" + "a good film,fresh\n" * 5)
+    with pytest.raises(ConfigError, match=f"columns \\['label'\\] that {tmp_path / 'test.csv'} lacks"):
+        data.load(cfg.data, cfg.model)

@@ -84,9 +84,14 @@ class Controller:
         """Go on from ``state``. Call it before loading the model's and the optimizer's own state: a checkpoint taken
         after β = 0 has no original branches, and they are dropped here first (also from ``optimizer``)."""
         mine = self.state_dict()
+        missing = sorted({"step", "schedule", "compression"} - set(state))
+        if missing:
+            raise ValueError(f"this controller state lacks {missing}: it is not a Controller.state_dict() (its keys: "
+                             f"{sorted(state)})")
+        saved = {"method": VCON.name} | state  # states saved before methods were named are VCON's
         for key in ("schedule", "compression", "method"):
-            if state.get(key, VCON.name) != mine[key]:
-                raise ValueError(f"this controller state was saved with {key} {state[key]}, not {mine[key]}")
+            if saved[key] != mine[key]:
+                raise ValueError(f"this controller state was saved with {key} {saved[key]}, not {mine[key]}")
         self.steps = state["step"]
         self._move(optimizer)
 

@@ -65,6 +65,10 @@ def from_config(cfg: Any, steps_per_epoch: int, total_steps: int) -> Schedule:
         require(isinstance(q, (int, float)) and q >= 0, "vcon.epochs", q,
                 "a number of epochs >= 0 (0 is one-shot compression)")
         q_steps = round(q * steps_per_epoch)
+        if q > 0 and q_steps == 0:  # a transition of no step is one-shot compression, whatever it is called
+            raise ConfigError(f"vcon.epochs={q} is {q * steps_per_epoch:.3g} of the {steps_per_epoch} optimizer steps "
+                              "an epoch, which rounds to no step; allowed: vcon.epochs=0 for one-shot compression, "
+                              f"or at least {1 / steps_per_epoch:.3g} (one step) for VCON")
     if q_steps > total_steps:
         raise ConfigError(f"vcon.{unit}={q} is {q_steps} optimizer steps, longer than the run's {total_steps} "
                           f"({total_steps // max(steps_per_epoch, 1)} epochs of {steps_per_epoch}); "

@@ -9,7 +9,7 @@ import json
 import statistics
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from hydra.core.config_store import ConfigStore
 from hydra.experimental.callback import Callback
@@ -37,10 +37,7 @@ def register_sweeps() -> None:
 def describe(ident: dict[str, Any]) -> tuple[str, str]:
     """(compression, transition) in words: ('prune 0.9 layer', 'VCON Q=3 ep linear'), 'gradual Q=3 ep cubic',
     'one-shot'; each compression and method names itself (``describe``)."""
-    try:
-        compression = from_config(ident["compression"]).describe()
-    except ConfigError:  # a run refused for its settings still gets a row (and its error)
-        compression = f"{ident['compression'].get('name')} (refused settings)"
+    compression = _in_words(from_config, ident["compression"])
     vcon = ident.get("vcon")
     if vcon is None:
         return compression, "–"
@@ -53,7 +50,16 @@ def describe(ident: dict[str, Any]) -> tuple[str, str]:
 
 def method_of(ident: dict[str, Any]) -> str:
     """The run's method in words: 'VCON' (also where the identity has no method section, see identity.py), 'gradual'."""
-    return method_from_config(ident.get("method", {"name": VCON.name})).describe()
+    return _in_words(method_from_config, ident.get("method", {"name": VCON.name}))
+
+
+def _in_words(build: Callable[[Any], Any], settings: dict[str, Any]) -> str:
+    """``build(settings).describe()``; for a run refused for these settings, '<name> (refused settings)': it still
+    gets a row, and its error."""
+    try:
+        return build(settings).describe()
+    except ConfigError:
+        return f"{settings.get('name')} (refused settings)"
 
 
 def read_run(run_dir: Path) -> dict[str, Any]:

@@ -173,12 +173,19 @@ def _text_files(cfg: Any, model_cfg: Any) -> tuple[Split, Split]:
     files = _files(cfg)
     suffix = Path(files["train"]).suffix
     builder, options = ("json", {}) if suffix == ".jsonl" else ("csv", {"delimiter": "\t" if suffix == ".tsv" else ","})
-    ds = datasets.load_dataset(builder, data_files=files, **options)
-    missing = [c for c in [*cfg.text_columns, cfg.label_column] if c not in ds["train"].column_names]
-    if missing:
-        raise ConfigError(f"data.text_columns/label_column name columns {missing} that {files['train']} lacks; it has "
-                          f"{ds['train'].column_names}")
+    # one file at a time: together, datasets requires the same columns of both and fails with its own traceback
+    ds = {name: datasets.load_dataset(builder, data_files={name: path}, **options)[name]
+          for name, path in files.items()}
+    for name, rows in ds.items():
+        missing = [c for c in [*cfg.text_columns, cfg.label_column] if c not in rows.column_names]
+        if missing:
+            raise ConfigError(f"data.text_columns/label_column name columns {missing} that {files[name]} lacks; it "
+                              f"has {rows.column_names}")
     names = sorted({str(v) for v in ds["train"][cfg.label_column]})
+    unknown = sorted({str(v) for v in ds["test"][cfg.label_column]} - set(names)) if "test" in ds else []
+    if unknown:  # the model has one output per training label: nothing could score these
+        raise ConfigError(f"{files['test']} has label(s) {unknown[:10]} in column {cfg.label_column!r} that "
+                          f"{files['train']} lacks; allowed: the training file's labels {names[:10]}")
     number = {name: i for i, name in enumerate(names)}
     tok = tokenizer(model.tokenizer_name(model_cfg))
 

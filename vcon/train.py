@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import math
+import signal
 import sys
 import time
 from pathlib import Path
@@ -49,6 +50,7 @@ def check(cfg: Any) -> tuple[Compression, Method]:
     if taken == "text":
         text.check_max_length(cfg.data, cfg.model)
     tracking.check(cfg)
+    targets.check(cfg.target)
     compression, method = compression_from_config(cfg.compression), method_from_config(cfg.method)
     if compression.dense and isinstance(method, Gradual):
         raise ConfigError("method=gradual is not allowed with compression=none: nothing is compressed, so nothing "
@@ -307,36 +309,44 @@ class Training:
         while p.batch < self.steps_per_epoch:
             loss = self.step(*next(batches), mix_rng)
             p.step, p.batch = p.step + 1, p.batch + 1
-            pending.append(self._mean_over_processes(loss, stop))
+            overdue = time.monotonic() - self.last_save > 60 * t.checkpoint_every_min
+            stopping, overdue, loss = self._agree(stop, overdue, loss)  # from here on, what every process decides
+            pending.append(loss)
             if self.controller.step(self.step.optimizer):  # β for the next step; at 0 the originals leave
                 log.info("beta reached 0 at step %d: original branches dropped", p.step)
                 self.step.wrapped = self.parallel()
             logging_step = p.step % t.log_every == 0
-            overdue = time.monotonic() - self.last_save > 60 * t.checkpoint_every_min
-            if logging_step or stop.requested or overdue or p.batch == self.steps_per_epoch:
+            if logging_step or stopping or overdue or p.batch == self.steps_per_epoch:
                 loss_value = self._read_losses(pending)
             bar.update()
             if logging_step:
                 self._log_step(bar, loss_value)
-            if (stop.requested or overdue) and p.batch < self.steps_per_epoch:
+            if (stopping or overdue) and p.batch < self.steps_per_epoch:
                 p.mix_rng = mix_rng.get_state()
                 self.save(finished=False)
                 self.last_save = time.monotonic()
                 log.info("checkpoint at epoch %d, batch %d, step %d", p.epoch, p.batch, p.step)
-                if stop.requested:
+                if stopping:
                     stop.hand_over()
         bar.close()
 
-    def _mean_over_processes(self, loss: torch.Tensor, stop: StopRequest) -> torch.Tensor:
-        """With several processes, one collective a step: the mean loss, and whether any process must stop."""
+    def _agree(self, stop: StopRequest, overdue: bool = False,
+               loss: torch.Tensor | None = None) -> tuple[bool, bool, torch.Tensor | None]:
+        """With several processes, one collective: whether any process must stop, whether any process's clock says
+        a checkpoint is overdue, and the mean ``loss`` (a step's; None at an epoch's end). Every process acts on
+        these alone, never on its own flags: a signal caught, or a clock read, a moment apart would send one process
+        into the checkpoint's gather while another went on to the next step's all-reduce, and both would hang."""
         if self.world.size == 1:
-            return loss
-        shared = torch.stack([loss.double(), torch.tensor(  # on the device: NCCL needs it there
-            float(stop.requested), dtype=torch.float64, device=loss.device)])
+            return stop.requested, overdue, loss
+        shared = torch.tensor([float(stop.requested), float(overdue), 0.0], dtype=torch.float64,
+                              device=self.device)  # on the device: NCCL needs it there
+        if loss is not None:
+            shared[2] = loss
         torch.distributed.all_reduce(shared)
-        if shared[1] and not stop.requested:
-            stop.signum = stop.signum or 15
-        return shared[0] / self.world.size
+        stopping, overdue = shared[:2].tolist()
+        if stopping and not stop.requested:  # another process was signalled: leave with it
+            stop.signum = signal.SIGTERM
+        return bool(stopping), bool(overdue), shared[2] / self.world.size
 
     def _read_losses(self, pending: list[torch.Tensor]) -> float:
         """The one wait for the device: the losses since the last read, added to the epoch's; returns the last."""
@@ -379,7 +389,7 @@ class Training:
                  row[headline], row["images_per_s"])
         self.save(finished=p.epoch == t.epochs)
         self.last_save = time.monotonic()
-        if stop.requested and p.epoch < t.epochs:
+        if p.epoch < t.epochs and self._agree(stop)[0]:
             stop.hand_over()
 
     def validate(self) -> dict[str, float]:
