@@ -56,9 +56,9 @@ def semi_structured(twin: torch.nn.Module, names: list[str]) -> torch.nn.Module:
 
 
 def gpu_rows(controller, folder, label, budget):
-    net, compression, names = controller.model, controller.compression, controller.names
+    net, names = controller.model, controller.names
     loaded = export.load(folder, "cuda")
-    twin = export.dense_twin(net, compression, names).cuda()
+    twin = export.dense_twin(net, names).cuda()
     rows = {}
     for batch in export.BATCHES:
         x = {k: v.cuda() for k, v in model.example_inputs(loaded, batch).items()}
@@ -70,12 +70,12 @@ def gpu_rows(controller, folder, label, budget):
         if "2:4" in label:  # the kernel 2:4 exists for: fp16 dense against fp16 semi-structured sparse
             try:
                 half = twin.half()
-                sparse = semi_structured(export.dense_twin(net, compression, names).cuda(), names)
+                sparse = semi_structured(export.dense_twin(net, names).cuda(), names)
                 hd, hs = export.latency([half, sparse], {k: v.half() if v.is_floating_point() else v for k, v in x.items()}, budget)
                 rows[f"batch_{batch}"] |= {"fp16_dense_ms": 1e3 * hd, "fp16_semi_structured_ms": 1e3 * hs}
             except Exception as e:  # noqa: BLE001  (report what the card refused, rather than no table at all)
                 rows[f"batch_{batch}"]["fp16_semi_structured_error"] = f"{type(e).__name__}: {e}"[:300]
-            twin = export.dense_twin(net, compression, names).cuda()
+            twin = export.dense_twin(net, names).cuda()
     return rows
 
 
