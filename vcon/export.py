@@ -29,7 +29,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -188,10 +188,12 @@ def dense_twin(net: nn.Module, names: list[str]) -> nn.Module:
     return twin.eval()
 
 
-def latency(nets: list[nn.Module], inputs: dict[str, torch.Tensor], budget_s: float, min_reps: int = 3
-            ) -> list[float]:
+def latency(nets: list[nn.Module], inputs: dict[str, torch.Tensor], budget_s: float, min_reps: int = 3,
+            clock: Callable[[], float] = time.perf_counter) -> list[float]:
     """Median seconds of one forward pass of each net: warm-up, then rounds that run each net once in turn (so that
-    a busy machine slows them alike) until ``budget_s`` per net is spent (at least ``min_reps`` rounds)."""
+    a busy machine slows them alike) until ``budget_s`` per net is spent (at least ``min_reps`` rounds). ``clock``:
+    wall time; ``time.process_time`` counts this process's CPU time instead, which other load on a shared machine
+    changes far less (with one thread it is the compute alone)."""
     sync = torch.cuda.synchronize if next(iter(inputs.values())).is_cuda else (lambda: None)
     times: list[list[float]] = [[] for _ in nets]
     with torch.inference_mode():
@@ -200,10 +202,10 @@ def latency(nets: list[nn.Module], inputs: dict[str, torch.Tensor], budget_s: fl
         sync()
         while len(times[0]) < min_reps or (sum(times[0]) < budget_s and len(times[0]) < 200):
             for net, spent in zip(nets, times):
-                start = time.perf_counter()
+                start = clock()
                 net(**inputs)
                 sync()
-                spent.append(time.perf_counter() - start)
+                spent.append(clock() - start)
     return [statistics.median(t) for t in times]
 
 
