@@ -182,8 +182,9 @@ class ModuleCompression(Compression):
 
     def grow_in(self, linear: nn.Linear, beta: Beta) -> nn.Module:
         """The module that stands for ``linear`` under ``method=gradual`` (``vcon/method.py``): it grows this
-        compression in at strength ``1 − β`` (``beta``: the ``vcon.blend.Beta`` all layers share), and is g alone
-        once β is 0. A compression without a gradual form refuses here, before the model changes."""
+        compression in at strength ``1 − β`` (``beta``: the ``vcon.blend.Beta`` all layers share; low rank:
+        ``vcon.blend.GradualBranches``). A compression without a gradual form refuses here, before the model
+        changes."""
         raise ConfigError(f"method=gradual is not allowed with compression={self.name}: {type(self).__name__} has "
                           "no gradual form (ModuleCompression.grow_in); allowed: method=vcon")
 
