@@ -2,6 +2,7 @@
 
     python bench/export_speed.py                 # this CPU: vit-micro and a random ViT-T/16, every compression
     python bench/export_speed.py --device cuda   # the same on a GPU, plus 2:4 semi-structured kernels (fp16)
+    OMP_NUM_THREADS=1 python bench/export_speed.py --clock cpu   # a shared CPU: one thread's CPU time, not wall time
 
 Each model gets each compression at β = 0 (no training: speed and bytes do not depend on the values), is exported
 into a temporary folder, loaded back with ``vcon.export.load``, and timed against its dense twin (the β = 0 model as
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -55,27 +57,27 @@ def semi_structured(twin: torch.nn.Module, names: list[str]) -> torch.nn.Module:
     return twin
 
 
-def gpu_rows(controller, folder, label, budget):
-    net, compression, names = controller.model, controller.compression, controller.names
-    loaded = export.load(folder, "cuda")
-    twin = export.dense_twin(net, compression, names).cuda()
+def timed_rows(controller, folder, label, budget, device, clock):
+    net, names = controller.model, controller.names
+    loaded = export.load(folder, device)
+    twin = export.dense_twin(net, names).to(device)
     rows = {}
     for batch in export.BATCHES:
-        x = {k: v.cuda() for k, v in model.example_inputs(loaded, batch).items()}
-        d, e = export.latency([twin, loaded], x, budget)
+        x = {k: v.to(device) for k, v in model.example_inputs(loaded, batch).items()}
+        d, e = export.latency([twin, loaded], x, budget, clock=clock)
         rows[f"batch_{batch}"] = {"dense_ms": 1e3 * d, "exported_ms": 1e3 * e, "dense_images_per_s": batch / d,
                                   "exported_images_per_s": batch / e, "exported_slower_than_dense": e > d,
                                   "execution": "fp32, " + "; ".join(v["execution"] for v in
                                                                       _runtimes(loaded, names).values())}
-        if "2:4" in label:  # the kernel 2:4 exists for: fp16 dense against fp16 semi-structured sparse
+        if "2:4" in label and device == "cuda":  # the kernel 2:4 exists for: fp16 dense against fp16 semi-structured sparse
             try:
                 half = twin.half()
-                sparse = semi_structured(export.dense_twin(net, compression, names).cuda(), names)
+                sparse = semi_structured(export.dense_twin(net, names).cuda(), names)
                 hd, hs = export.latency([half, sparse], {k: v.half() if v.is_floating_point() else v for k, v in x.items()}, budget)
                 rows[f"batch_{batch}"] |= {"fp16_dense_ms": 1e3 * hd, "fp16_semi_structured_ms": 1e3 * hs}
             except Exception as e:  # noqa: BLE001  (report what the card refused, rather than no table at all)
                 rows[f"batch_{batch}"]["fp16_semi_structured_error"] = f"{type(e).__name__}: {e}"[:300]
-            twin = export.dense_twin(net, compression, names).cuda()
+            twin = export.dense_twin(net, names).cuda()
     return rows
 
 
@@ -92,10 +94,17 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--budget-s", type=float, default=1.0, help="seconds per latency measurement")
     parser.add_argument("--models", nargs="*", default=list(MODELS))
+    parser.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                        help="cpu: this process's CPU time (time.process_time), for a CPU shared with other load; "
+                             "best with OMP_NUM_THREADS=1")
     args = parser.parse_args()
+    if args.clock == "cpu" and args.device != "cpu":
+        parser.error("--clock cpu times CPU work: it needs --device cpu")
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     card = torch.cuda.get_device_name() if args.device == "cuda" else None
-    results = {"device": args.device, "card": card, "threads": torch.get_num_threads(), "runs": []}
-    lines = [f"device: {card or 'cpu, ' + str(torch.get_num_threads()) + ' threads'}", "",
+    results = {"device": args.device, "card": card, "threads": torch.get_num_threads(), "clock": args.clock,
+               "runs": []}
+    lines = [f"device: {card or 'cpu, ' + str(torch.get_num_threads()) + ' threads'}; clock: {args.clock}", "",
              "| model | compression | file bytes, dense → exported | compressed layers: bytes (minimum; ratio) | "
              "batch 1: dense → exported (ms) | batch 64: dense → exported (ms) | batch 64 images/s: dense → exported | "
              "exported execution |", "|---|---|---|---|---|---|---|---|"]
@@ -104,10 +113,10 @@ def main() -> None:
             controller = compressed(MODELS[model_name], spec)
             with tempfile.TemporaryDirectory() as tmp:
                 folder = Path(tmp) / "export"
-                figures = export.export_model(controller, folder,
-                                              timing_s=args.budget_s if args.device == "cpu" else 0)
-                if args.device == "cuda":
-                    figures["latency"] = gpu_rows(controller, folder, label, args.budget_s)
+                own_timing = args.device == "cuda" or args.clock == "cpu"  # else export_model's wall-clock timing
+                figures = export.export_model(controller, folder, timing_s=0 if own_timing else args.budget_s)
+                if own_timing:
+                    figures["latency"] = timed_rows(controller, folder, label, args.budget_s, args.device, clock)
             results["runs"].append({"model": model_name, "compression": label, "figures": figures})
             b, t1, t64 = figures["bytes"], figures["latency"]["batch_1"], figures["latency"]["batch_64"]
             extra = "".join(f"; fp16 dense {t['fp16_dense_ms']:.2f} → 2:4 {t['fp16_semi_structured_ms']:.2f} ms"

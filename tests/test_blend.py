@@ -1,4 +1,6 @@
 """Blending: weight-blend equals output-blend, straight-through gradients, and a free original branch at β = 0."""
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -157,3 +159,117 @@ def test_a_blended_model_compresses_all_its_layers_once_per_forward(settings):
     beta.value = 1.0
     net(x)
     assert calls == [3]  # β = 1 is the original network: nothing to compress
+
+
+def tiny_bert(num_labels=3):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    return BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2,
+                                                    num_attention_heads=2, intermediate_size=64,
+                                                    num_labels=num_labels)).eval()
+
+
+TOKENS = torch.randint(0, 50, (4, 9), generator=torch.Generator().manual_seed(0))
+
+
+def watch_compress_all(compression):
+    """The weights every compress_all call of ``compression`` is given, by data pointer."""
+    seen = []
+    compress_all = compression.compress_all
+    compression.compress_all = lambda weights, strength: seen.extend(w.data_ptr() for w in weights) or compress_all(
+        weights, strength)
+    return seen
+
+
+def test_copies_of_a_blended_model_never_compute_the_weights_of_the_model_they_came_from(tmp_path):
+    """blend_'s hooks go with a deep copy as the copy's own (they compute its weights), and export's copies (the
+    packed model, the dense twin whose latency the figures report) have none: none of them recomputes C(W) of the
+    training model, and the dense twin compresses nothing at all."""
+    from vcon import Prune, compress_, export
+
+    controller = compress_(tiny_bert(), Prune(ratio=0.5))  # one-shot: β = 0
+    training = {controller.model.get_submodule(n).weight.data_ptr() for n in controller.names}
+    seen = watch_compress_all(controller.compression)
+    copy_ = copy.deepcopy(controller.model)
+    with torch.no_grad():
+        torch.testing.assert_close(copy_(input_ids=TOKENS).logits, controller.model(input_ids=TOKENS).logits)
+    mine = {copy_.get_submodule(n).weight.data_ptr() for n in controller.names}
+    assert len(seen) == 2 * len(controller.names) and set(seen) == mine | training  # each model its own weights
+
+    seen.clear()
+    twin = export.dense_twin(controller.model, controller.names)
+    assert not twin._forward_pre_hooks and not twin._forward_hooks
+    assert all(type(twin.get_submodule(n)) is nn.Linear for n in controller.names)
+    with torch.no_grad():
+        twin(input_ids=TOKENS)
+    export.export_model(controller, tmp_path / "export", timing_s=0.01)  # timed: the twin and the loaded export
+    assert seen == []
+
+
+def finalized_round_trip(compression, tmp_path):
+    """A small BERT compressed one-shot, its β = 0 logits, then finalize(), save_pretrained and the standard
+    from_pretrained of its class: (controller, β = 0 logits, finalized logits, reloaded model)."""
+    from transformers import BertForSequenceClassification
+
+    from vcon import compress_
+
+    controller = compress_(tiny_bert(), compression)
+    with torch.no_grad():
+        blended = controller.model(input_ids=TOKENS).logits
+        model = controller.finalize()
+        finalized = model(input_ids=TOKENS).logits
+    assert not model._forward_pre_hooks and not model._forward_hooks  # the training hooks went with the blends
+    model.save_pretrained(tmp_path)
+    return controller, blended, finalized, BertForSequenceClassification.from_pretrained(tmp_path).eval()
+
+
+@pytest.mark.parametrize("settings, zeros, values", [
+    ({"name": "prune", "ratio": 0.9}, 0.9, None),
+    (BINARY, 0.0, {2}),  # ±scale
+    ({"name": "quant", "bits": 4}, None, range(2, 15)),  # the 14 levels ±1..±7 times the scale, 0 aside
+    (PRUNE_BINARY, 0.75, {2}),  # zeros, and ±scale
+], ids=["prune 0.9", "binary", "4-bit", "prune + binary"])
+def test_after_finalize_save_pretrained_writes_the_compressed_weights(settings, zeros, values, tmp_path):
+    controller, blended, finalized, loaded = finalized_round_trip(from_config(settings), tmp_path)
+    torch.testing.assert_close(finalized, blended, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=TOKENS).logits, finalized)
+    for name in controller.names:
+        assert type(controller.model.get_submodule(name)) is nn.Linear
+        weight = loaded.get_submodule(name).weight
+        if zeros is not None:
+            assert int((weight == 0).sum()) == round(zeros * weight.numel()), name
+        if values is not None:  # distinct non-zero values
+            assert len(weight[weight != 0].unique()) in values, name
+    assert controller.figures() == compress_one_shot_figures(settings)
+
+
+def compress_one_shot_figures(settings):
+    from vcon import compress_
+
+    return compress_(tiny_bert(), from_config(settings)).figures()
+
+
+def test_a_finalized_low_rank_model_holds_its_factors_and_is_saved_by_vcon_export_not_save_pretrained(tmp_path):
+    from vcon import compress_, export
+    from vcon.compression.lrd import LowRankLinear
+    from vcon.errors import ExportError
+
+    settings = {"name": "lrd", "rank": 4}
+    controller = compress_(tiny_bert(), from_config(settings))
+    with torch.no_grad():
+        blended = controller.model(input_ids=TOKENS).logits
+    model = controller.finalize()
+    assert all(type(model.get_submodule(n)) is LowRankLinear for n in controller.names)
+    assert {k for k in model.state_dict() if k.startswith(controller.names[0] + ".")} == {
+        f"{controller.names[0]}.{k}" for k in ("down.weight", "up.weight", "up.bias")}
+    with pytest.raises(ExportError, match=r"cannot save this finalized model: 12 of its layers .* are LowRankLinear"
+                                          r".*vcon\.export\.export_model\(controller, folder\)"):
+        model.save_pretrained(tmp_path / "pretrained")
+    assert not (tmp_path / "pretrained").exists()
+    assert controller.figures() == compress_one_shot_figures(settings)
+    export.export_model(controller, tmp_path / "export", timing_s=0)
+    with torch.no_grad():
+        torch.testing.assert_close(export.load(tmp_path / "export")(input_ids=TOKENS).logits, blended)
+        torch.testing.assert_close(model(input_ids=TOKENS).logits, blended)

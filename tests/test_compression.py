@@ -160,3 +160,30 @@ def test_compressing_many_layers_at_once_equals_one_by_one(settings):
     for together, alone in zip(compression.compress_all(weights), map(compression.compress, weights)):
         assert torch.allclose(together, alone, rtol=1e-6, atol=1e-7)
         assert torch.equal(together == 0, alone == 0)
+
+
+@pytest.mark.parametrize("settings", [
+    {"name": "prune", "ratio": 0.9}, {"name": "prune", "ratio": 0.5, "granularity": "row"},
+    {"name": "prune", "ratio": 0.5, "granularity": "2:4"}, {"name": "quant", "bits": 1}, {"name": "quant", "bits": 4},
+    {"name": "chain", "steps": [{"name": "prune", "ratio": 0.9}, {"name": "quant", "bits": 1}]},
+])
+def test_a_finalized_layer_packs_into_exactly_what_it_computes(settings):
+    """Export packs the layer finalize leaves (an nn.Linear holding C(W)) as it is. Compressing C(W) again would
+    keep its stored entries (checked here) but not always its values to the last bit (a binary scale is a mean),
+    so pack must not: what the loaded layer computes is C(W) of the latent W."""
+    from vcon.blend import Beta, BlendedLinear
+
+    compression = from_config(settings)
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 48)
+    compressed = compression.compress(linear.weight.detach())
+    again = compression.compress(compressed)
+    assert torch.allclose(again, compressed, rtol=1e-6, atol=0) and torch.equal(again == 0, compressed == 0)
+    stored, stored_again = compression.stored(linear.weight.detach()), compression.stored(compressed)
+    assert (stored is None and stored_again is None) or torch.equal(stored_again, stored)
+    finalized = BlendedLinear(linear, compression, Beta(0.0)).finalized()
+    assert type(finalized) is nn.Linear and torch.equal(finalized.weight, compressed)
+    runtime = compression.unpack(compression.pack(finalized))
+    x = torch.eye(64)  # one input per column: the runtime's rows are its weight's columns, plus the bias
+    with torch.no_grad():
+        torch.testing.assert_close(runtime(x) - linear.bias, compressed.T, rtol=1e-6, atol=1e-7)

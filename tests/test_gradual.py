@@ -1,5 +1,7 @@
 """Gradual compression, the iterative baselines (``method=gradual``): each ramp at its start, middle and end, the
 cubic default, whole runs through the trainer, resume mid-ramp, run identities, the logged strength, bad input."""
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -7,7 +9,8 @@ from transformers import ViTConfig, ViTForImageClassification
 
 from conftest import QUICK, make_config, requires_fashion_mnist
 from vcon import Chain, LowRank, Prune, Quant, Schedule, checkpoint, compress_, identity, train
-from vcon.blend import GradualBranches
+from vcon.blend import BlendedBranches, GradualBranches
+from vcon.compression import ModuleCompression
 from vcon.errors import ConfigError
 from vcon.method import Gradual
 
@@ -207,3 +210,52 @@ def test_prune_quant_ramps_both_together():
     assert controller.scalars() == {"vcon/beta": 0.5, "gradual/strength": 0.5, "gradual/zeros": 0.25,
                                     "gradual/binarised": 0.5}
     assert zeros(run_weights(controller)) == pytest.approx(0.25, abs=0.01)
+
+
+@dataclasses.dataclass
+class Halve(ModuleCompression):
+    """A module compression of the test's own (not registered): g is f at half its weight."""
+
+    name = "halve"
+
+    def build(self, linear: nn.Linear) -> nn.Linear:
+        g = nn.Linear(linear.in_features, linear.out_features)
+        with torch.no_grad():
+            g.weight.copy_(linear.weight / 2)
+            g.bias.copy_(linear.bias)
+        return g
+
+
+@dataclasses.dataclass
+class HalveGrowingIn(Halve):
+    """The same, with a gradual form of its own: here it simply blends the branches as β falls."""
+
+    def grow_in(self, linear: nn.Linear, beta) -> nn.Module:
+        return BlendedBranches(linear, self.build(linear), beta)
+
+
+def test_a_module_compression_without_a_gradual_form_is_refused_before_the_model_changes():
+    model = tiny_vit()
+    dense = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ConfigError, match=r"method=gradual is not allowed with compression=halve: Halve has no "
+                                          r"gradual form .*allowed: method=vcon"):
+        compress_(model, Halve(), schedule=Schedule("linear", Q), method=Gradual())
+    assert model.state_dict().keys() == dense.keys() and all(torch.equal(v, dense[k]) for k, v in
+                                                             model.state_dict().items())
+    vcon = compress_(tiny_vit(), Halve(), schedule=Schedule("linear", Q))  # method=vcon needs nothing more
+    assert all(type(vcon.model.get_submodule(n)) is BlendedBranches for n in vcon.names)
+
+
+def test_a_module_compression_grows_in_as_its_grow_in_says():
+    controller = compress_(tiny_vit(), HalveGrowingIn(), schedule=Schedule("linear", Q), method=Gradual())
+    layers = [controller.model.get_submodule(n) for n in controller.names]
+    assert all(type(layer) is BlendedBranches for layer in layers)
+    x = torch.randn(2, 1, 16, 16)
+    for _ in range(Q):
+        controller.step()
+    assert all(layer.original is None for layer in layers)
+    model = controller.finalize()
+    with torch.no_grad():
+        assert all(torch.equal(model.get_submodule(n).weight, layer.compressed.weight)
+                   for n, layer in zip(controller.names, layers))
+        model(pixel_values=x)

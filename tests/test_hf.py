@@ -14,6 +14,7 @@ from vcon.blend import BlendedBranches, BlendedLinear  # noqa: E402
 from vcon.compression.lrd import LowRank  # noqa: E402
 from vcon.compression.prune import Prune  # noqa: E402
 from vcon.controller import compress_  # noqa: E402
+from vcon.errors import ExportError  # noqa: E402
 from vcon.hf import VconCallback  # noqa: E402
 from vcon.schedule import Schedule  # noqa: E402
 
@@ -112,6 +113,11 @@ def test_low_rank_in_trainer(tmp_path):
     events = EventAccumulator(str(next(tmp_path.glob("runs/*")))).Reload()
     written = {e.step: e.value for e in events.Scalars("train/vcon/beta")}
     assert written == pytest.approx({s: expected_beta(s) for s in range(1, 13)})
+    # finalized, the factors are not something BertForSequenceClassification can load: the save is refused
+    controller.finalize()
+    with pytest.raises(ExportError, match=r"BertForSequenceClassification.save_pretrained cannot save .*vcon\.export"):
+        trainer.save_model(str(tmp_path / "final"))
+    assert not list((tmp_path / "final").glob("*.safetensors"))
 
 
 def test_prune_in_trainer(tmp_path):
@@ -127,6 +133,17 @@ def test_prune_in_trainer(tmp_path):
     for layer in layers:  # what the model computes with at β = 0: the pruned weights
         assert float((layer.effective_weight() == 0).float().mean()) == pytest.approx(0.5, abs=1e-3)
     assert optimizer_params(trainer) == {id(p) for p in controller.model.parameters()}  # pruning drops nothing
+    # finalize, then the Trainer's own save: the pruned weights, which the model's class loads back as they are
+    x = torch.stack([t["input_ids"] for t in tokens(4)])
+    with torch.no_grad():
+        beta_zero = controller.model.eval()(input_ids=x).logits
+    controller.finalize()
+    trainer.save_model(str(tmp_path / "final"))
+    loaded = BertForSequenceClassification.from_pretrained(tmp_path / "final").eval()
+    for name in controller.names:
+        assert float((loaded.get_submodule(name).weight == 0).float().mean()) == pytest.approx(0.5, abs=1e-3), name
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=x).logits, beta_zero, rtol=1e-5, atol=1e-6)
 
 
 @pytest.fixture(scope="module")
@@ -153,14 +170,14 @@ def test_resume_mid_transition(tmp_path, uninterrupted):
 
 
 def test_resume_after_originals_dropped(tmp_path, uninterrupted):
-    """Not supported as such (vcon/hf.py): the Trainer stops loading its optimizer state; finalize() first works."""
+    """Not supported as such (vcon/hf.py): the Trainer stops loading its optimizer state; go_to(step) first works."""
     reference, beta, loss = uninterrupted
     controller = compress_(bert(), LowRank(rank=4), schedule=Schedule("linear", q_steps=Q))
     with pytest.raises(ValueError, match="parameter group"):
         trainer_for(controller, tmp_path, 10).train(resume_from_checkpoint=str(reference / "checkpoint-8"))
 
     controller = compress_(bert(), LowRank(rank=4), schedule=Schedule("linear", q_steps=Q))
-    controller.finalize()
+    controller.go_to(8)
     trainer = trainer_for(controller, tmp_path, 10)
     trainer.train(resume_from_checkpoint=str(reference / "checkpoint-8"))
     resumed = logged(trainer, "loss")
@@ -176,8 +193,12 @@ def test_clear_errors(tmp_path):
     with pytest.raises(RuntimeError, match="attach"):
         trainer.train()
     # once the originals are gone, the controller cannot go back before Q
-    controller.finalize()
+    controller.go_to(Q)
     callback = VconCallback(controller)
     callback.attached = True
     with pytest.raises(ValueError, match="cannot go back"):
         callback.on_train_begin(trainer.args, TrainerState(global_step=2), None)
+    # a finalized controller has nothing left to drive: its layers are plain
+    controller.finalize()
+    with pytest.raises(ValueError, match="controller is finalized"):
+        callback.on_train_begin(trainer.args, TrainerState(global_step=Q), None)

@@ -8,7 +8,7 @@ from 1 to 0 along the schedule.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +16,9 @@ from torch import nn
 
 from vcon.compression import Compression, ModuleCompression, WeightCompression
 from vcon.method import VCON, Gradual, Method
+
+if TYPE_CHECKING:
+    from vcon.compression.lrd import LowRank
 
 
 class Beta:
@@ -108,6 +111,13 @@ class BlendedLinear(nn.Module):
     def extra_repr(self) -> str:
         return f"{self.weight.shape[1]}, {self.weight.shape[0]}, compression={self.compression}"
 
+    @torch.no_grad()
+    def finalized(self) -> nn.Linear:
+        """The plain layer this one is at β = 0: an ``nn.Linear`` whose weight holds ``C(W)`` (written into the
+        latent weight's parameter, which it keeps), so the model's own transformers class loads it."""
+        self.weight.copy_(self.compression.compress(self.weight))
+        return plain_linear(self.weight, self.bias)
+
 
 class BlendedBranches(nn.Module):
     """A module whose compressed form has another structure: both branches run and their outputs are blended.
@@ -145,6 +155,11 @@ class BlendedBranches(nn.Module):
         self.original = None
         return dropped
 
+    def finalized(self) -> nn.Module:
+        """The plain module this one is at β = 0: the compressed branch alone (low rank: ``LowRankLinear``)."""
+        self.drop_original()
+        return self.compressed
+
 
 class GradualBranches(BlendedBranches):
     """Gradual rank reduction, low rank's gradual form: during the ramp the layer runs its current weight projected
@@ -157,7 +172,7 @@ class GradualBranches(BlendedBranches):
     β = 0 the factors ``g`` become the truncated SVD of the weight trained so far and the dense layer is dropped,
     as VCON's low rank drops it; ``g`` is in the optimizer from the start, but has no gradient before that."""
 
-    def __init__(self, original: nn.Linear, compressed: nn.Module, beta: Beta, compression: ModuleCompression) -> None:
+    def __init__(self, original: nn.Linear, compressed: nn.Module, beta: Beta, compression: LowRank) -> None:
         super().__init__(original, compressed, beta)
         self.compression = compression
         side = min(original.weight.shape)
@@ -221,49 +236,98 @@ def blend_(model: nn.Module, compression: Compression, names: list[str], beta: B
     if compression.dense:
         return beta
     gradual = isinstance(method, Gradual)
-    for name in names:
-        original = model.get_submodule(name)
-        if isinstance(compression, WeightCompression):
-            blended = BlendedLinear(original, compression, beta, gradual)
-        elif isinstance(compression, ModuleCompression) and gradual:
-            blended = GradualBranches(original, compression.build(original), beta, compression)
-        elif isinstance(compression, ModuleCompression):
-            blended = BlendedBranches(original, compression.build(original), beta)
-        else:
-            raise TypeError(f"{type(compression).__name__} is neither a weight nor a module compression")
-        model.set_submodule(name, blended)
+    # all built before any goes in: a compression that refuses the method leaves the model as it was
+    blended = {name: _blended(model.get_submodule(name), compression, beta, gradual) for name in names}
+    for name, module in blended.items():
+        model.set_submodule(name, module)
     if isinstance(compression, WeightCompression) or gradual:
-        _precompute_around_forward(model, [model.get_submodule(name) for name in names], compression, beta, gradual)
+        Precompute(model, list(blended.values()), compression, beta, gradual)
     return beta
 
 
-def _precompute_around_forward(model: nn.Module, layers: list[nn.Module], compression: Compression, beta: Beta,
-                               gradual: bool) -> None:
-    """Before each forward of the model, compute the weight each blended layer runs: ``C(W)`` of all weight
-    compressions at once (``compress_all``: one top-k for all same-shaped layers, not one per layer), the projections
-    of gradual low rank; after it, let them go, so that a layer called on its own later computes its own from its
-    current weight. Out here, not in the layers, these stay outside ``torch.compile``'d blocks, and a strength that
-    changes every step (gradual) recompiles nothing."""
-    linears = [layer for layer in layers if isinstance(layer, BlendedLinear)]
-    ramps = [layer for layer in layers if isinstance(layer, GradualBranches)]
+def _blended(original: nn.Linear, compression: Compression, beta: Beta, gradual: bool) -> nn.Module:
+    if isinstance(compression, WeightCompression):
+        return BlendedLinear(original, compression, beta, gradual)
+    if isinstance(compression, ModuleCompression) and gradual:
+        return compression.grow_in(original, beta)  # the compression says how it grows in, or refuses
+    if isinstance(compression, ModuleCompression):
+        return BlendedBranches(original, compression.build(original), beta)
+    raise TypeError(f"{type(compression).__name__} is neither a weight nor a module compression")
 
-    def before(module: nn.Module, args: tuple) -> None:
-        if beta.phase == "original":
+
+_HOOKS = "_vcon_precompute"  # where a blended model keeps its Precompute objects
+
+
+class Precompute:
+    """blend_'s hooks around each forward of a blended model. Before it, compute the weight each blended layer runs:
+    ``C(W)`` of all weight compressions at once (``compress_all``: one top-k for all same-shaped layers, not one per
+    layer), the projections of gradual low rank; after it, let them go, so that a layer called on its own later
+    computes its own from its current weight. Out here, not in the layers, these stay outside ``torch.compile``'d
+    blocks, and a strength that changes every step (gradual) recompiles nothing.
+
+    The hooks are this object's methods, and the model keeps the object (``unhook`` takes it off with its hooks):
+    a deep copy of the model copies it along with the copy's own layers, so a copy never computes the weights of the
+    model it was copied from."""
+
+    def __init__(self, model: nn.Module, layers: list[nn.Module], compression: Compression, beta: Beta,
+                 gradual: bool) -> None:
+        self.layers, self.compression, self.beta, self.gradual = layers, compression, beta, gradual
+        self.linears = [layer for layer in layers if isinstance(layer, BlendedLinear)]
+        self.ramps = [layer for layer in layers if isinstance(layer, GradualBranches)]
+        self.handles = [model.register_forward_pre_hook(self.before), model.register_forward_hook(self.after)]
+        model.__dict__.setdefault(_HOOKS, []).append(self)  # a plain attribute: not a submodule, not in a state dict
+
+    def before(self, module: nn.Module, args: tuple) -> None:
+        if self.beta.phase == "original":
             return
-        s = strength(beta, gradual)
+        s = strength(self.beta, self.gradual)
         with torch.no_grad():
-            if linears:
-                for layer, compressed in zip(linears, compression.compress_all([la.weight for la in linears], s)):
+            if self.linears:
+                weights = [layer.weight for layer in self.linears]
+                for layer, compressed in zip(self.linears, self.compression.compress_all(weights, s)):
                     layer.precomputed = compressed
-        for layer in ramps:  # in the autograd graph: the gradient reaches the weight through the projection
+        for layer in self.ramps:  # in the autograd graph: the gradient reaches the weight through the projection
             layer.precomputed = layer.projected(s) if layer.original is not None else None
 
-    def after(module: nn.Module, args: tuple, output: object) -> None:
-        for layer in layers:
+    def after(self, module: nn.Module, args: tuple, output: object) -> None:
+        for layer in self.layers:
             layer.precomputed = None
 
-    model.register_forward_pre_hook(before)
-    model.register_forward_hook(after)
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def unhook(model: nn.Module) -> None:
+    """Take blend_'s hooks off ``model`` (or off a deep copy of it, which holds its own)."""
+    for hooks in model.__dict__.pop(_HOOKS, []):
+        hooks.remove()
+
+
+def finalize_(model: nn.Module, names: list[str]) -> None:
+    """Bake the compression into ``model`` at β = 0: each blended module in ``names`` becomes the plain module it
+    computes (``finalized``: an ``nn.Linear`` holding ``C(W)``, or low rank's ``LowRankLinear``), and blend_'s
+    hooks come off. What ``Controller.finalize`` leaves, and what ``vcon.export`` packs."""
+    for name in names:
+        module = model.get_submodule(name)
+        if isinstance(module, (BlendedLinear, BlendedBranches)):
+            model.set_submodule(name, module.finalized())
+    unhook(model)
+
+
+def plain_linear(weight: nn.Parameter, bias: nn.Parameter | None) -> nn.Linear:
+    """An ``nn.Linear`` holding these parameters themselves."""
+    with torch.device("meta"):  # its own initial weights would be replaced at once
+        linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+    linear.weight, linear.bias = weight, bias
+    return linear
+
+
+def original_shape(module: nn.Module) -> torch.Size:
+    """(out, in) of the linear layer that ``module`` compresses: blended, finalized or left dense."""
+    if isinstance(module, (BlendedLinear, BlendedBranches)):
+        return torch.Size(module.original_shape)
+    return torch.Size([module.out_features, module.in_features])
 
 
 def drop_originals(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> int:

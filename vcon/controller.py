@@ -23,8 +23,9 @@ import torch
 from torch import nn
 
 from vcon import results, targets
-from vcon.blend import Beta, GradualBranches, blend_, drop_originals
+from vcon.blend import Beta, GradualBranches, blend_, drop_originals, finalize_, original_shape
 from vcon.compression import Compression, to_config
+from vcon.errors import ExportError
 from vcon.method import VCON, Gradual, Method
 from vcon.schedule import ONE_SHOT, Schedule
 
@@ -42,6 +43,7 @@ class Controller:
         self.model, self.compression, self.schedule, self.names, self.beta = model, compression, schedule, names, beta
         self.method = method
         self.steps = 0
+        self.finalized = False  # finalize() has baked the compression in: nothing is blended any more
         self._move(None)
 
     def step(self, optimizer: torch.optim.Optimizer | None = None) -> bool:
@@ -67,7 +69,7 @@ class Controller:
         beta = self.beta.value
         if not isinstance(self.method, Gradual) or self.compression.dense:
             return {"vcon/beta": beta}
-        shapes = [torch.Size(self.model.get_submodule(n).original_shape) for n in self.names]
+        shapes = [original_shape(self.model.get_submodule(n)) for n in self.names]
         figures = self.compression.ramp_figures(1 - beta, shapes)
         return {"vcon/beta": beta, "gradual/strength": 1 - beta} | {f"gradual/{k}": v for k, v in figures.items()}
 
@@ -95,12 +97,36 @@ class Controller:
         self.steps = state["step"]
         self._move(optimizer)
 
+    def go_to(self, step: int, optimizer: torch.optim.Optimizer | None = None) -> bool:
+        """Put the controller at optimizer step ``step`` (e.g. the step of a checkpoint about to be loaded): β as the
+        schedule has it there, the originals dropped (also from ``optimizer``) if it is 0. Returns what ``step``
+        does."""
+        self.steps = step
+        return self._move(optimizer)
+
     def finalize(self, optimizer: torch.optim.Optimizer | None = None) -> nn.Module:
-        """End the transition now: β = 0, originals dropped. Returns the model, ready for ``vcon.export``."""
+        """End the transition now and bake the compression in: β = 0, the originals dropped (also from
+        ``optimizer``), and every blended module replaced by the plain module it computes at β = 0. Returns the
+        model, for inference, ``vcon.export`` or, for weight compressions, ``save_pretrained``:
+
+        * prune, quant and their chains: an ``nn.Linear`` whose weight is the compressed one, ``C(W)`` (zeros,
+          ±scale), so ``save_pretrained`` / ``Trainer.save_model`` write it and the model's own transformers class
+          loads it back (``from_pretrained``), as a dense matrix; ``vcon.export`` stores it compressed.
+        * low rank: ``vcon.compression.lrd.LowRankLinear``, two ``nn.Linear``: ``down`` (A, rank × in) and ``up``
+          (B, out × rank, and the bias). A transformers class holds one matrix per layer and would re-initialise
+          these, so the model's ``save_pretrained`` refuses, naming ``vcon.export``: ``export_model(controller,
+          folder)`` writes it and ``vcon.export.load(folder)`` rebuilds it.
+
+        The end of the controller's work: the layers train on as plain layers, without their compression, and
+        ``VconCallback`` refuses a finalized controller. (To resume a checkpoint taken after β = 0, ``go_to`` its
+        step instead.)"""
         self.steps = max(self.steps, self.schedule.q_steps)
         if not self.compression.dense:
             self.beta.value = 0.0
             drop_originals(self.model, optimizer)
+            finalize_(self.model, self.names)
+            _refuse_save_pretrained_of_factors(self.model, self.names)
+        self.finalized = True
         return self.model
 
     def figures(self) -> dict[str, Any]:
@@ -110,6 +136,26 @@ class Controller:
     def __repr__(self) -> str:
         return (f"Controller({self.compression.describe()}, {len(self.names)} modules, step {self.steps} of "
                 f"Q = {self.schedule.q_steps}, β = {self.beta.value:.4f})")
+
+
+def _refuse_save_pretrained_of_factors(model: nn.Module, names: list[str]) -> None:
+    """A finalized layer that is not an ``nn.Linear`` (low rank's factors) has keys the model's transformers class
+    does not know: its ``from_pretrained`` would re-initialise the layer with a warning. transformers has no hook
+    that refuses a save, so this model's ``save_pretrained`` (which ``Trainer.save_model`` and ``push_to_hub``
+    call) is shadowed by one that says what to do instead."""
+    factored = [name for name in names if not isinstance(model.get_submodule(name), nn.Linear)]
+    if not factored or not hasattr(model, "save_pretrained"):
+        return
+
+    cls, kind = type(model).__name__, type(model.get_submodule(factored[0])).__name__
+    message = (f"{cls}.save_pretrained cannot save this finalized model: {len(factored)} of its layers (e.g. "
+               f"{factored[0]}) are {kind}, which {cls}.from_pretrained would re-initialise; write it with "
+               "vcon.export.export_model(controller, folder) and read it back with vcon.export.load(folder)")
+
+    def save_pretrained(*args: Any, **kwargs: Any) -> None:
+        raise ExportError(message)
+
+    model.save_pretrained = save_pretrained
 
 
 def compress_(model: nn.Module, compression: Compression, *, schedule: Schedule = ONE_SHOT,

@@ -29,12 +29,13 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from vcon import model
+from vcon.blend import finalize_, plain_linear
 from vcon.compression import Compression, Packed, from_config, to_config
 from vcon.controller import Controller, compress_
 from vcon.errors import ExportError
@@ -90,6 +91,7 @@ def export_model(controller: Controller, out: str | Path, timing_s: float = 1.0)
         raise ExportError(f"the model is at β = {controller.beta.value:.4f}, not 0: only the fully compressed model "
                           "is exported (controller.finalize() ends the transition)")
     net = copy.deepcopy(controller.model).cpu().eval()
+    finalize_(net, names)  # plain layers and no hooks: the copy computes its own β = 0 model, and alone
     packs = {name: compression.pack(net.get_submodule(name)) for name in names}
     state = net.state_dict()  # and the buffers it leaves out (BERT's position ids), which a skeleton cannot rebuild
     tensors = {k: v for k, v in [*state.items(), *((n, b) for n, b in net.named_buffers() if n not in state)]
@@ -105,7 +107,7 @@ def export_model(controller: Controller, out: str | Path, timing_s: float = 1.0)
         save_file({k: v.detach().contiguous().clone() for k, v in tensors.items()}, tmp / WEIGHTS,
                   metadata={"format": "pt"})
         loaded = load(tmp)
-        figures = _figures(net, compression, packs, loaded, tmp, dense_twin(net, compression, names), timing_s)
+        figures = _figures(net, compression, packs, loaded, tmp, dense_twin(net, names), timing_s)
         (tmp / FIGURES).write_text(json.dumps(figures, indent=2))
         if out.exists():
             out.rmdir()  # checked empty above
@@ -172,31 +174,26 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, timing_s: flo
     return figures
 
 
-def dense_twin(net: nn.Module, compression: Compression, names: list[str]) -> nn.Module:
+def dense_twin(net: nn.Module, names: list[str]) -> nn.Module:
     """The β = 0 model as training simulates it: every compressed layer a dense fp32 ``nn.Linear`` computing the
-    same function (C(W), or the product of the factors). What "dense" means in the latency figures."""
-    from vcon.blend import BlendedBranches
-
+    same function (C(W), or the product of the factors). What "dense" means in the latency figures. ``net``: a
+    blended model at β = 0 or a finalized one; the twin is finalized (no hooks: it computes nothing of ``net``'s)."""
     twin = copy.deepcopy(net)
+    finalize_(twin, names)
     with torch.no_grad():
         for name in names:
             module = twin.get_submodule(name)
-            if isinstance(module, BlendedBranches):
-                weight, bias = module.compressed.dense_weight(), module.compressed.bias
-            else:
-                weight, bias = compression.compress(module.weight), module.bias
-            linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
-            linear.weight.copy_(weight)
-            if bias is not None:
-                linear.bias.copy_(bias)
-            twin.set_submodule(name, linear)
+            if not isinstance(module, nn.Linear):  # low rank's factors: their product
+                twin.set_submodule(name, plain_linear(nn.Parameter(module.dense_weight()), module.bias))
     return twin.eval()
 
 
-def latency(nets: list[nn.Module], inputs: dict[str, torch.Tensor], budget_s: float, min_reps: int = 3
-            ) -> list[float]:
+def latency(nets: list[nn.Module], inputs: dict[str, torch.Tensor], budget_s: float, min_reps: int = 3,
+            clock: Callable[[], float] = time.perf_counter) -> list[float]:
     """Median seconds of one forward pass of each net: warm-up, then rounds that run each net once in turn (so that
-    a busy machine slows them alike) until ``budget_s`` per net is spent (at least ``min_reps`` rounds)."""
+    a busy machine slows them alike) until ``budget_s`` per net is spent (at least ``min_reps`` rounds). ``clock``:
+    wall time; ``time.process_time`` counts this process's CPU time instead, which other load on a shared machine
+    changes far less (with one thread it is the compute alone)."""
     sync = torch.cuda.synchronize if next(iter(inputs.values())).is_cuda else (lambda: None)
     times: list[list[float]] = [[] for _ in nets]
     with torch.inference_mode():
@@ -205,10 +202,10 @@ def latency(nets: list[nn.Module], inputs: dict[str, torch.Tensor], budget_s: fl
         sync()
         while len(times[0]) < min_reps or (sum(times[0]) < budget_s and len(times[0]) < 200):
             for net, spent in zip(nets, times):
-                start = time.perf_counter()
+                start = clock()
                 net(**inputs)
                 sync()
-                spent.append(time.perf_counter() - start)
+                spent.append(clock() - start)
     return [statistics.median(t) for t in times]
 
 

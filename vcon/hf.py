@@ -6,7 +6,8 @@ puts β into the Trainer's logs as ``vcon/beta`` (``log_history``, the progress 
     trainer = Trainer(model=model, args=TrainingArguments("out", max_steps=2000), train_dataset=train)
     VconCallback(controller).attach(trainer)  # not Trainer(callbacks=[...]): attach() says why
     trainer.train()                           # or train(resume_from_checkpoint=True): β goes on from that step
-    model = controller.finalize()             # β = 0 for good, originals gone: ready for vcon.export
+    model = controller.finalize()             # β = 0 for good, the compression baked into plain layers
+    trainer.save_model("final")               # prune, quant: C(W) in each nn.Linear (low rank: vcon.export)
 
 Needs ``accelerate`` (``pip install vcon[hf]``), as the Trainer itself does. Resuming puts the controller at the
 checkpoint's ``global_step``, so the schedule must be the one the checkpoint was trained with.
@@ -15,8 +16,11 @@ Not supported:
 
 * resuming a low-rank checkpoint saved at or after β = 0 (step ≥ Q): its original branches are gone, the fresh model
   still has them, and the Trainer stops before any callback runs, while loading its optimizer state ("loaded state
-  dict contains a parameter group that doesn't match the size of optimizer's group"). Call ``controller.finalize()``
-  before ``trainer.train(resume_from_checkpoint=...)`` for such a checkpoint: the model then matches it.
+  dict contains a parameter group that doesn't match the size of optimizer's group"). Call
+  ``controller.go_to(step)`` with the checkpoint's step before ``trainer.train(resume_from_checkpoint=...)`` for
+  such a checkpoint: the model then matches it.
+* training with a finalized controller (``controller.finalize()`` bakes the compression into plain layers, which
+  would train on without it): ``ValueError`` at the start of training.
 * going back to a step before Q once a low-rank controller has dropped its originals (``train()`` again from
   scratch with the same controller, or resuming an earlier checkpoint): ``ValueError`` at the start of training.
 * low rank with several processes (DDP, FSDP, DeepSpeed): their wrappers keep the dropped parameters and the
@@ -63,6 +67,9 @@ class VconCallback(TrainerCallback):
         if not self.attached:
             raise RuntimeError("VconCallback was given to the Trainer directly; use VconCallback(controller)"
                                ".attach(trainer) so that β reaches the Trainer's logs")
+        if self.controller.finalized:
+            raise ValueError("vcon.hf: this controller is finalized (its model holds plain layers with the compression "
+                             "baked in, which would train on without it); build a fresh model and controller")
         branches = [m for m in self.controller.model.modules() if isinstance(m, BlendedBranches)]
         if branches and (args.world_size > 1 or args.deepspeed or args.fsdp):
             raise ValueError("vcon.hf: low rank under DDP/FSDP/DeepSpeed is not supported (their wrappers keep the "
@@ -74,7 +81,7 @@ class VconCallback(TrainerCallback):
                 raise ValueError(f"this controller has dropped its original branches (β = 0 at step "
                                  f"{self.controller.steps}); it cannot go back to step {step} < Q = {q}: build a "
                                  "fresh model and controller")
-            self.controller.load_state_dict(self.controller.state_dict() | {"step": step}, _unwrap(optimizer))
+            self.controller.go_to(step, _unwrap(optimizer))
 
     def on_step_end(self, args, state, control, optimizer=None, **kwargs):
         # once per optimizer step (micro-batches of gradient accumulation get on_substep_end), after global_step

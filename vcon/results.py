@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from vcon.atomic import write_atomic
-from vcon.blend import BlendedBranches, BlendedLinear
+from vcon.blend import BlendedBranches, BlendedLinear, original_shape
 from vcon.compression import Compression, Footprint
 from vcon.metrics import LABELS
 
@@ -21,13 +21,12 @@ def figures(net: nn.Module, compression: Compression, names: list[str]) -> dict[
     before = after = bits = zeros = stored = 0
     for name in names:
         module = net.get_submodule(name)
-        if isinstance(module, BlendedBranches):
-            shape = torch.Size(module.original_shape)
-            weights = [p for n, p in module.compressed.named_parameters() if n.endswith("weight")]
-        elif isinstance(module, BlendedLinear):
-            shape, weights = module.weight.shape, [compression.compress(module.weight)]
-        else:  # the dense baseline: the layers that a compression would have targeted, as they are
-            shape, weights = module.weight.shape, [module.weight]
+        shape = original_shape(module)
+        if isinstance(module, BlendedLinear):
+            weights = [compression.compress(module.weight)]
+        else:  # low rank's factors; a finalized layer (C(W) in it); the dense baseline's layers, as they are
+            layer = module.compressed if isinstance(module, BlendedBranches) else module
+            weights = [p for n, p in layer.named_parameters() if n.endswith("weight")]
         fp = compression.footprint(Footprint(shape.numel(), 32), shape)
         before += shape.numel()
         after += fp.values

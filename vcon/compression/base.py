@@ -15,12 +15,15 @@ no dense copy of the weight). ``vcon/export.py`` writes and loads those.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
 from vcon.errors import ConfigError, ExportError
+
+if TYPE_CHECKING:
+    from vcon.blend import Beta
 
 REGISTRY: dict[str, type["Compression"]] = {}
 
@@ -88,8 +91,8 @@ class Compression:
         return {}
 
     def pack(self, module: nn.Module) -> Packed:
-        """The β = 0 form of a blended ``module`` in its real storage (lossless w.r.t. what the β = 0 model
-        computes)."""
+        """A finalized layer (``vcon.blend.finalize_``: the plain module a blended one is at β = 0) in its real
+        storage, lossless w.r.t. what it computes."""
         raise ExportError(f"compression={self.name} cannot be exported yet: it has no packed form")
 
     def unpack(self, packed: Packed) -> nn.Module:
@@ -149,14 +152,17 @@ class WeightCompression(Compression):
 
     @torch.no_grad()
     def pack(self, module: nn.Module) -> Packed:
-        weight = module.weight.detach().float()
-        compressed = self.compress(weight)
-        mask = self.stored(weight)
+        """``module``: an ``nn.Linear`` whose weight is ``C(W)`` already. It is stored as it is, not compressed
+        again: ``C(C(W))`` is not always ``C(W)`` to the last bit (a binary scale is the mean of the magnitudes,
+        and the mean of n equal fp32 numbers can miss them by an ulp); the stored entries of ``C(W)`` are those of
+        W (pruning's mask keeps the largest magnitudes, and the pruned ones are the zeros)."""
+        compressed = module.weight.detach().float()
+        mask = self.stored(compressed)
         if mask is None:
             packed = self.pack_values(compressed.reshape(-1))
         else:
             packed = self.pack_positions(mask) | self.pack_values(compressed[mask])  # row-major order
-        packed.meta["shape"] = list(weight.shape)
+        packed.meta["shape"] = list(compressed.shape)
         if module.bias is not None:  # stored as it was
             packed.tensors["bias"] = module.bias.detach().float().contiguous()
             packed.minimum_bits += 32 * module.bias.numel()
@@ -173,6 +179,14 @@ class ModuleCompression(Compression):
 
     def build(self, linear: nn.Linear) -> nn.Module:
         raise NotImplementedError
+
+    def grow_in(self, linear: nn.Linear, beta: Beta) -> nn.Module:
+        """The module that stands for ``linear`` under ``method=gradual`` (``vcon/method.py``): it grows this
+        compression in at strength ``1 − β`` (``beta``: the ``vcon.blend.Beta`` all layers share; low rank:
+        ``vcon.blend.GradualBranches``). A compression without a gradual form refuses here, before the model
+        changes."""
+        raise ConfigError(f"method=gradual is not allowed with compression={self.name}: {type(self).__name__} has "
+                          "no gradual form (ModuleCompression.grow_in); allowed: method=vcon")
 
 
 def to_config(compression: Compression) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -9,14 +10,20 @@ from torch import nn
 from vcon.compression.base import Footprint, ModuleCompression, Packed, register
 from vcon.errors import require
 
+if TYPE_CHECKING:
+    from vcon.blend import Beta
+
 
 class LowRankLinear(nn.Module):
-    """``x ↦ B(A x) + b`` with ``A`` (rank × in) and ``B`` (out × rank). Also the exported runtime."""
+    """``x ↦ B(A x) + b`` with ``A`` (rank × in) and ``B`` (out × rank): two ``nn.Linear``, ``down`` (A, no bias)
+    and ``up`` (B and the bias b). What a low-rank layer is once finalized (``Controller.finalize``), and the
+    exported runtime."""
 
     execution = "two dense matmuls (the factors)"
 
     def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True) -> None:
         super().__init__()
+        self.in_features, self.out_features = in_features, out_features  # of the layer it stands for, as nn.Linear
         self.down = nn.Linear(in_features, rank, bias=False)  # A
         self.up = nn.Linear(rank, out_features, bias=bias)  # B
 
@@ -80,13 +87,18 @@ class LowRank(ModuleCompression):
         return Footprint(self.rank_for(out_features, in_features) * (out_features + in_features), fp.value_bits,
                          fp.overhead_bits)
 
-    # Export: the two factors and the bias, nothing else.
+    def grow_in(self, linear: nn.Linear, beta: Beta) -> nn.Module:
+        from vcon.blend import GradualBranches  # vcon.blend builds on the compressions
+
+        return GradualBranches(linear, self.build(linear), beta, self)
+
+    # Export: the two factors and the bias of the finalized LowRankLinear, nothing else.
     def pack(self, module: nn.Module) -> Packed:
-        tensors = {k: v.detach().float().contiguous() for k, v in module.compressed.state_dict().items()}
+        tensors = {k: v.detach().float().contiguous() for k, v in module.state_dict().items()}
         numel = sum(v.numel() for v in tensors.values())
         down = tensors["down.weight"]
         return Packed(tensors, {"shape": [tensors["up.weight"].shape[0], down.shape[1]], "rank": down.shape[0]},
-                      32 * numel, numel - (module.compressed.up.out_features if "up.bias" in tensors else 0))
+                      32 * numel, numel - (module.out_features if "up.bias" in tensors else 0))
 
     def unpack(self, packed: Packed) -> nn.Module:
         (out_features, in_features), rank = packed.meta["shape"], packed.meta["rank"]
