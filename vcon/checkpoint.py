@@ -48,7 +48,8 @@ def read(path: Path) -> dict[str, Any]:
                               f"vcon checkpoint does not ({refused[:200]}); nothing in it was run. Move it out of "
                               "the run folder, or choose another one (hydra.run.dir=...)") from e
     except Exception as e:  # noqa: BLE001  (truncated, overwritten, not a torch file: all the same to the user)
-        raise Damaged(f"{path} is damaged or cut short ({type(e).__name__}: {str(e)[:200]})") from e
+        reason = str(e).split(". ")[0][:200]  # torch's first sentence: the rest is advice for torch users
+        raise Damaged(f"{path} is damaged or cut short ({type(e).__name__}: {reason})") from e
     if not isinstance(state, dict) or not KEYS <= set(state):
         raise CheckpointError(f"{path} is not a vcon checkpoint (expected the keys {sorted(KEYS)}); move it out of "
                               "the run folder, or choose another one (hydra.run.dir=...)")
