@@ -84,7 +84,10 @@ def _aside(path: Path) -> Path:
     n = 0
     while (aside := path.with_name(f"{path.name}.damaged{f'.{n}' if n else ''}")).exists():
         n += 1
-    path.rename(aside)
+    try:
+        path.rename(aside)
+    except FileNotFoundError:  # the other processes of a multi-process run read it too: one of them moved it
+        pass
     return aside
 
 

@@ -78,7 +78,7 @@ def _model_class(folder: Path, raw: dict[str, Any], transformers: Any) -> tuple[
     """The config and the model class that ``config.json`` names, accepted only when they are transformers' own: a
     known ``model_type`` and a ``PreTrainedModel`` class (a name is looked up, never anything else run)."""
     model_type, names = raw.get("model_type"), raw.get("architectures") or [None]
-    if model_type not in transformers.CONFIG_MAPPING:
+    if not (isinstance(model_type, str) and model_type in transformers.CONFIG_MAPPING):
         raise ExportError(f"{folder}/{CONFIG} has model_type={model_type!r}: expected a transformers model type "
                           "(transformers.CONFIG_MAPPING)")
     architecture = getattr(transformers, names[0], None) if isinstance(names[0], str) else None
