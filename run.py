@@ -12,8 +12,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from vcon import config, results, train
-from vcon.atomic import write_atomic
-from vcon.errors import ConfigError
+from vcon.atomic import disk_full, write_atomic
+from vcon.errors import VconError, say
 
 log = logging.getLogger("vcon")
 config.register()  # the ${asset:...} and ${run_id:} resolvers, the schemas and the sweeps conf/ refers to
@@ -29,20 +29,19 @@ def main(cfg: DictConfig) -> float | None:
     name = hydra_cfg.job.override_dirname or run_dir.name  # readable: the overrides that made this run
     try:
         summary = train.run(cfg, run_dir, run_name=name, group=cfg.sweep_name if in_sweep else None)
-    except ConfigError as error:
+    except Exception as error:  # noqa: BLE001  (a sweep goes on past a failed job; a single run says why it failed)
         if in_sweep:
             return _record_failure(run_dir, error)
+        expected = error if isinstance(error, VconError) else disk_full(
+            error, run_dir, f"a file of the run in {run_dir}", "its last checkpoint is kept as it was")
+        if expected is None:  # a bug in vcon: its traceback
+            raise
         _discard_if_empty(run_dir)
-        print(f"vcon: error: {error}", file=sys.stderr)
-        sys.exit(2)
-    except Exception as error:  # noqa: BLE001  (a sweep goes on past a failed job; a single run fails loudly)
-        if in_sweep:
-            return _record_failure(run_dir, error)
-        raise
+        sys.exit(say("vcon", expected))
     if summary is None:  # not the main process of a multi-process run
         return None
     print(results.table(summary, f"VCON {cfg.compression.name} on {cfg.model.name} / {cfg.data.name}  ({run_dir})"))
-    return summary["test_acc"]
+    return results.headline(summary, "val")[1]  # what a sweeper tunes on: never the test split
 
 
 def _discard_if_empty(run_dir: Path) -> None:

@@ -26,7 +26,6 @@ import os
 import platform
 import shutil
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -38,7 +37,7 @@ from vcon import model
 from vcon.blend import finalize_, plain_linear
 from vcon.compression import Compression, Packed, from_config, to_config
 from vcon.controller import Controller, compress_
-from vcon.errors import ExportError
+from vcon.errors import ExportError, VconError, say
 
 CONFIG, WEIGHTS, FIGURES = "config.json", "model.safetensors", "export.json"
 KEY = "vcon_export"
@@ -56,9 +55,9 @@ def load(folder: str | Path, device: str | torch.device = "cpu") -> nn.Module:
         spec = raw.pop(KEY)
     except (OSError, ValueError, KeyError) as e:
         raise ExportError(f"{folder} is not a vcon export (no readable {CONFIG} with a {KEY!r} entry: {e})") from e
-    config = transformers.CONFIG_MAPPING[raw["model_type"]].from_dict(raw)
+    config, architecture = _model_class(folder, raw, transformers)
     with torch.device("meta"):  # a skeleton: the dense matrices of the compressed layers are never allocated
-        model = getattr(transformers, config.architectures[0])(config)
+        model = architecture(config)
     tensors = load_file(folder / WEIGHTS)
     compression = from_config(spec["compression"])
     for name, meta in spec["layers"].items():
@@ -74,6 +73,20 @@ def load(folder: str | Path, device: str | torch.device = "cpu") -> nn.Module:
         raise ExportError(f"{folder}/{WEIGHTS} does not match its {CONFIG}: unexpected {unexpected[:5]}, "
                           f"missing {empty[:5]}")
     return model.eval().to(device)
+
+
+def _model_class(folder: Path, raw: dict[str, Any], transformers: Any) -> tuple[Any, type]:
+    """The config and the model class that ``config.json`` names, accepted only when they are transformers' own: a
+    known ``model_type`` and a ``PreTrainedModel`` class (a name is looked up, never anything else run)."""
+    model_type, names = raw.get("model_type"), raw.get("architectures") or [None]
+    if not (isinstance(model_type, str) and model_type in transformers.CONFIG_MAPPING):
+        raise ExportError(f"{folder}/{CONFIG} has model_type={model_type!r}: expected a transformers model type "
+                          "(transformers.CONFIG_MAPPING)")
+    architecture = getattr(transformers, names[0], None) if isinstance(names[0], str) else None
+    if not (isinstance(architecture, type) and issubclass(architecture, transformers.PreTrainedModel)):
+        raise ExportError(f"{folder}/{CONFIG} has architectures[0]={names[0]!r}: expected a transformers model class "
+                          "(a PreTrainedModel subclass, e.g. ViTForImageClassification)")
+    return transformers.CONFIG_MAPPING[model_type].from_dict(raw), architecture
 
 
 def export_model(controller: Controller, out: str | Path, timing_s: float = 1.0) -> dict[str, Any]:
@@ -137,7 +150,7 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, timing_s: flo
         raise ExportError(f"{run_dir} is not a run folder: it has no .hydra/config.yaml")
     from omegaconf import OmegaConf
 
-    from vcon import checkpoint, config, identity, model, results, targets
+    from vcon import atomic, checkpoint, config, identity, model, results, targets
 
     config.register()  # Hydra saves the config unresolved: ${asset:...} needs its resolver
     cfg = OmegaConf.load(config_file)
@@ -148,12 +161,10 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, timing_s: flo
     if not path.is_file():
         raise ExportError(f"{run_dir} has no {checkpoint.FILENAME}: the run has not reached β = 0")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # truncated, overwritten, not a torch file: all the same to the user
-        raise ExportError(f"{path} is corrupted or unreadable ({type(e).__name__}: {str(e)[:200]})") from e
-    if not isinstance(state, dict) or not {"identity", "model", "controller", "finished"} <= set(state):
-        raise ExportError(f"{path} is not a vcon checkpoint (expected the keys identity, model, controller, "
-                          "finished)")
+        state = checkpoint.read(path)  # the last one only: an earlier one is not the run's final model
+    except checkpoint.Damaged as e:
+        raise ExportError(f"{e}; the run's own command writes it again, resuming from {checkpoint.PREVIOUS} if that "
+                          "one is intact") from e
     if state["identity"] != identity.identity(cfg):
         raise ExportError(f"{path} is a checkpoint of another run than {config_file} describes (foreign checkpoint)")
     if state["controller"]["beta"] != 0:
@@ -167,7 +178,8 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, timing_s: flo
     except RuntimeError as e:
         raise ExportError(f"{path} does not fit the model {run_dir}/.hydra/config.yaml builds (foreign "
                           f"checkpoint): {str(e)[:300]}") from e
-    figures = export_model(controller, out, timing_s)
+    with atomic.said_when_full(out.parent, f"the export {out}", "nothing of it was kept (the run is as it was)"):
+        figures = export_model(controller, out, timing_s)
     if (run_dir / "results.json").exists():
         summary = json.loads((run_dir / "results.json").read_text())
         results.write(summary | {"export": figures | {"folder": str(out)}}, run_dir)
@@ -312,8 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         figures = export_run(args.run_dir, args.out, args.timing_s)
-    except ExportError as e:
-        print(f"vcon-export: error: {e}", file=sys.stderr)
-        return 2
+    except VconError as e:
+        return say("vcon-export", e)
     print(table(figures, f"Export of {args.run_dir} -> {args.out or args.run_dir / 'export'}"))
     return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 
 from vcon import results, sweep
+from vcon.errors import VconError, say
 from vcon.schedule import Schedule, transition_length
 
 
@@ -188,7 +190,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not args.path.is_dir():
         raise SystemExit(f"vcon-report: {args.path} is not a folder")
-    report = write(args.path)
+    try:
+        report = write(args.path)
+    except VconError as error:  # a run's settings that cannot be read back, a full disk
+        sys.exit(say("vcon-report", error))
     print(report.read_text())
     print(f"\nwritten: {report} and the PNGs beside it")
 

@@ -48,7 +48,8 @@ def figures(net: nn.Module, compression: Compression, names: list[str]) -> dict[
 
 def headline(summary: dict[str, Any], of: str = "test") -> tuple[str, float]:
     """The run's headline: its task's metric (accuracy unless the data says otherwise) at β = 0 on the test split
-    (``of="dense_test"``: the dense model's), as (label, value)."""
+    (``of="dense_test"``: the dense model's; ``of="val"``: on the validation split, what a sweeper tunes on), as
+    (label, value)."""
     name = summary.get("metric", "accuracy")
     return LABELS[name], summary[f"{of}_{'acc' if name == 'accuracy' else 'metric'}"]
 

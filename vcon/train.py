@@ -29,7 +29,7 @@ from vcon.augment import Pipeline
 from vcon.blend import BlendedBranches, block_gap
 from vcon.compression import Compression, from_config as compression_from_config
 from vcon.controller import Controller, compress_
-from vcon.errors import ConfigError, require
+from vcon.errors import ConfigError, Diverged, require
 from vcon.method import VCON, Gradual, Method, from_config as method_from_config
 from vcon.preemption import StopRequest
 from vcon.train_step import autocast_for, build_step, compiles, logits
@@ -354,8 +354,11 @@ class Training:
         pending.clear()
         self.progress.loss_sum += sum(losses)
         if not all(map(math.isfinite, losses)):
-            raise FloatingPointError(f"loss is {losses[-1]} at step {self.progress.step} (epoch "
-                                     f"{self.progress.epoch + 1}; checked every train.log_every steps)")
+            last = self.run_dir / checkpoint.FILENAME
+            kept = f"the last checkpoint, {last}, is kept" if last.exists() else "no checkpoint was written yet"
+            raise Diverged(f"the run diverged: loss is {losses[-1]} at step {self.progress.step} (epoch "
+                           f"{self.progress.epoch + 1}; checked every train.log_every steps); {kept}. Try a lower "
+                           f"train.lr (now {self.t.lr}) or train.grad_clip=1.0 (now {self.t.grad_clip})")
         return losses[-1]
 
     def _log_step(self, bar: tqdm, loss: float) -> None:
