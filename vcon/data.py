@@ -17,7 +17,6 @@ import numpy as np
 import torch
 
 from vcon import hub
-from vcon.config import validate
 from vcon.errors import ConfigError, require
 from vcon.schema import integer, one_of, optional, setting, text
 
@@ -155,6 +154,8 @@ def loader(name: str, **kwargs: Any):
 def check(cfg: Any) -> None:
     """Cheap checks of the ``data`` config, before anything is loaded: its keys against its loader's schema, then the
     loader's own checks (its files are there)."""
+    from vcon.config import validate  # the Hydra side: imported where a config is checked, not with vcon
+
     validate(cfg, "data")
     LOADERS[cfg.name].check(cfg)
 

@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 from vcon import hub
-from vcon.config import validate
 from vcon.errors import require
 from vcon.schema import MAPPING, integer, items, number, one_of, optional, setting, text
 
@@ -45,7 +44,7 @@ class TextModel(ModelConfig):
 
 
 def _check_image(cfg: Any) -> None:
-    require(len(cfg.mean) == len(cfg.std), "model.std", list(cfg.std), "positive values, as many as model.mean")
+    require(len(cfg.mean) == len(cfg.std), "model.std", list(cfg.std), f"as many values as model.mean={list(cfg.mean)}")
 
 
 def _check_text(cfg: Any) -> None:
@@ -100,7 +99,7 @@ INPUTS = {
     "image": Inputs("AutoModelForImageClassification", _check_image, _image_pipeline, _image_example,
                     schema=ImageModel),
     "text": Inputs("AutoModelForSequenceClassification", _check_text, _text_pipeline, _text_example, _text_scratch,
-                   TextModel),
+                   schema=TextModel),
 }
 
 
@@ -110,6 +109,8 @@ def inputs(cfg: Any) -> str:
 
 def check(cfg: Any) -> None:
     """Cheap checks of the ``model`` config: its keys against its schema, then how they fit together."""
+    from vcon.config import validate  # the Hydra side: imported where a config is checked, not with vcon
+
     validate(cfg, "model")
     key, what = (("pretrained", FOLDER_OR_HUB_ID.text) if cfg.source == "pretrained" else
                  ("config", "transformers' settings of the model, for AutoConfig.for_model"))
