@@ -73,6 +73,7 @@ BAD = [
     (("model.mean=[a]",), "model.mean=['a'] is not allowed"),
     (("model.std=[0]",), "model.std=[0] is not allowed"),
     (("model=vit-micro-scratch", "model.config=3"), "model.config=3 is not allowed"),
+    ((*GLUE, "model.inputs=audio"), "model.inputs='audio' is not allowed: expected one of image or text"),
     ((*GLUE, "model.max_positions=0"), "model.max_positions=0 is not allowed"),
     ((*GLUE, "model.tokenizer=3"), "model.tokenizer=3 is not allowed"),
     (("data.name=mnist",), "data.name='mnist' is not allowed: expected one of cifar10, cifar100, fashion-mnist"),
