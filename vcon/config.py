@@ -18,15 +18,19 @@ ranges change no value: ``validate`` only reads."""
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 from torch import nn
 
 from vcon import lr_schedule, schedule, targets, tracking
+from vcon.compression import REGISTRY
+from vcon.data import LOADERS
 from vcon.errors import ConfigError, require
+from vcon.method import METHODS
+from vcon.model import INPUTS, inputs
 from vcon.schema import (FLAG, Allowed, check_value, integer, items, number, one_of, optional, options, registered,
                          setting, text)
 
@@ -135,36 +139,6 @@ class TrackingConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
-def _models() -> dict[str, type]:
-    from vcon import model
-
-    return {name: kind.schema for name, kind in model.INPUTS.items()}
-
-
-def _inputs(values: Any) -> str:
-    from vcon import model
-
-    return model.inputs(values)
-
-
-def _data() -> dict[str, type]:
-    from vcon import data
-
-    return {name: loader.schema for name, loader in data.LOADERS.items()}
-
-
-def _compressions() -> dict[str, type]:
-    from vcon.compression import REGISTRY
-
-    return REGISTRY
-
-
-def _methods() -> dict[str, type]:
-    from vcon.method import METHODS
-
-    return METHODS
-
-
 @dataclass
 class Config:
     """The whole config, conf/config.yaml and its groups (``hydra:`` is Hydra's own, and typed by Hydra)."""
@@ -179,10 +153,11 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     vcon: ScheduleConfig = field(default_factory=ScheduleConfig)
-    model: Any = options(_models, "inputs", _inputs)  # the schemas of vcon/model.py's INPUTS
-    data: Any = options(_data)  # of vcon/data.py's LOADERS
-    compression: Any = options(_compressions)  # the classes in vcon/compression/<name>.py
-    method: Any = options(_methods)  # the classes in vcon/method.py
+    # the groups whose options differ in their keys: each option's schema is its registry's
+    model: Any = options(lambda: {name: kind.schema for name, kind in INPUTS.items()}, "inputs", inputs)
+    data: Any = options(lambda: {name: loader.schema for name, loader in LOADERS.items()})
+    compression: Any = options(lambda: REGISTRY)  # the classes themselves, vcon/compression/<name>.py
+    method: Any = options(lambda: METHODS)  # likewise, vcon/method.py
 
 
 def validate(cfg: Any, section: str = "") -> None:
