@@ -18,8 +18,54 @@ import torch
 
 from vcon import hub
 from vcon.errors import ConfigError, require
+from vcon.schema import integer, one_of, optional, setting, text
 
 log = logging.getLogger(__name__)
+KEY = text("a column of the dataset")
+HUB_ID = text("a dataset on the Hugging Face Hub, or a local copy of its files")
+BAD_IMAGES = ("stop", "skip")
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """The keys of every ``data`` option (``name``, which chooses the loader, aside); each loader's schema adds its
+    own (``Loader.schema``)."""
+
+    val_size: int = setting(integer(1, means="training examples held out for validation"))
+    split_seed: int = setting(integer(0))
+    train_size: int | None = setting(optional(integer(1), "all"), None)
+    test_size: int | None = setting(optional(integer(1), "all"), None)
+
+
+@dataclasses.dataclass
+class Images(DataConfig):
+    image_key: str = setting(KEY)
+    label_key: str = setting(KEY)
+
+
+@dataclasses.dataclass
+class HubImages(Images):
+    hub_id: str = setting(HUB_ID)
+
+
+@dataclasses.dataclass
+class FashionMnist(HubImages):
+    root: str = setting(text("a folder of Fashion-MNIST's IDX files"))
+
+
+@dataclasses.dataclass
+class StreamedImages(Images):
+    """Images that may be streamed from disk (vcon/stream.py): crops of ``image_size``, read by ``workers``."""
+
+    image_size: int = setting(integer(1, means="pixels"))
+    workers: int = setting(integer(0, means="0: decode in the training process"))
+    bad_images: str = setting(one_of(*BAD_IMAGES))
+
+
+@dataclasses.dataclass
+class ImageFolder(StreamedImages):
+    path: str = setting(text("a folder holding train/<class>/*.png|jpg"))
+    stream: Any = setting(one_of("auto", True, False), False)  # a string such as 'no' would be true
 
 
 @dataclasses.dataclass
@@ -92,6 +138,7 @@ class Loader:
     metric: Callable[[Any], str] = lambda cfg: "accuracy"
     check: Callable[[Any], None] = lambda cfg: None
     needs_hub: Callable[[Any], bool] = lambda cfg: True
+    schema: type = DataConfig  # its keys (vcon/schema.py)
 
 
 LOADERS: dict[str, Loader] = {}
@@ -105,13 +152,11 @@ def loader(name: str, **kwargs: Any):
 
 
 def check(cfg: Any) -> None:
-    """Cheap checks of the ``data`` config, before anything is loaded."""
-    require(cfg.name in LOADERS, "data.name", cfg.name, f"one of {sorted(LOADERS)}")
-    require(isinstance(cfg.val_size, int) and cfg.val_size > 0, "data.val_size", cfg.val_size, "an integer > 0")
-    for key in ("train_size", "test_size"):
-        size = cfg.get(key)
-        require(size is None or (isinstance(size, int) and size > 0), f"data.{key}", size,
-                "null (all) or an integer > 0")
+    """Cheap checks of the ``data`` config, before anything is loaded: its keys against its loader's schema, then the
+    loader's own checks (its files are there)."""
+    from vcon.config import validate  # the Hydra side: imported where a config is checked, not with vcon
+
+    validate(cfg, "data")
     LOADERS[cfg.name].check(cfg)
 
 
@@ -163,7 +208,7 @@ def _check_imagefolder(cfg: Any) -> None:
                           f"*.png|jpg (and optionally test/<class>/...); {path / 'train'} does not exist")
 
 
-@loader("fashion-mnist", needs_hub=_fashion_mnist_missing)
+@loader("fashion-mnist", needs_hub=_fashion_mnist_missing, schema=FashionMnist)
 def _fashion_mnist(cfg: Any, model_cfg: Any = None) -> tuple[Split, Split]:
     root = Path(cfg.root)
     if not _fashion_mnist_missing(cfg):
@@ -176,14 +221,14 @@ def _fashion_mnist(cfg: Any, model_cfg: Any = None) -> tuple[Split, Split]:
     return _from_hub(cfg)
 
 
-@loader("cifar10")
-@loader("cifar100")
+@loader("cifar10", schema=HubImages)
+@loader("cifar100", schema=HubImages)
 def _from_hub(cfg: Any, model_cfg: Any = None) -> tuple[Split, Split]:
     ds = hub.load_dataset(cfg.hub_id)
     return _to_split(ds["train"], cfg), _to_split(ds["test"], cfg)
 
 
-@loader("imagefolder", check=_check_imagefolder, needs_hub=lambda cfg: False)
+@loader("imagefolder", check=_check_imagefolder, needs_hub=lambda cfg: False, schema=ImageFolder)
 def _imagefolder(cfg: Any, model_cfg: Any = None) -> tuple[Split, Split]:
     import datasets  # a local folder never touches the hub
 

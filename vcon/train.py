@@ -23,11 +23,12 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from vcon import (checkpoint, data, distributed, hub, identity, lr_schedule, metrics, model, results, schedule, targets,
-                  text, tracking)
+from vcon import (checkpoint, data, distributed, hub, identity, metrics, model, results, schedule, targets, text,
+                  tracking)
 from vcon.augment import Pipeline
 from vcon.blend import BlendedBranches, block_gap
 from vcon.compression import Compression, from_config as compression_from_config
+from vcon.config import validate
 from vcon.controller import Controller, compress_
 from vcon.errors import ConfigError, Diverged, require
 from vcon.method import VCON, Gradual, Method, from_config as method_from_config
@@ -38,8 +39,9 @@ log = logging.getLogger(__name__)
 
 
 def check(cfg: Any) -> tuple[Compression, Method]:
-    """Every cheap check of the whole config, before anything is loaded. Returns the compression and the method it
-    describes."""
+    """Every cheap check of the whole config, before anything is loaded: each key against its schema
+    (``vcon.config.validate``), then how the keys fit together. Returns the compression and the method it describes."""
+    validate(cfg)
     data.check(cfg.data)
     model.check(cfg.model)
     given, taken = data.inputs(cfg.data), model.inputs(cfg.model)
@@ -49,30 +51,12 @@ def check(cfg: Any) -> tuple[Compression, Method]:
                           f"the model takes {taken}; allowed data for it: {allowed}")
     if taken == "text":
         text.check_max_length(cfg.data, cfg.model)
-    tracking.check(cfg)
     targets.check(cfg.target)
     compression, method = compression_from_config(cfg.compression), method_from_config(cfg.method)
     if compression.dense and isinstance(method, Gradual):
         raise ConfigError("method=gradual is not allowed with compression=none: nothing is compressed, so nothing "
                           "can grow in; choose a compression (prune, quant, lrd, prune-quant) or method=vcon")
-    require(cfg.vcon.shape in schedule.SHAPES, "vcon.shape", cfg.vcon.shape, f"one of {sorted(schedule.SHAPES)}")
-    t = cfg.train
-    require(isinstance(t.epochs, int) and t.epochs >= 1, "train.epochs", t.epochs, "an integer >= 1")
-    require(isinstance(t.grad_accum, int) and t.grad_accum >= 1, "train.grad_accum", t.grad_accum, "an integer >= 1")
-    require(isinstance(t.batch_size, int) and t.batch_size >= 1 and t.batch_size % t.grad_accum == 0,
-            "train.batch_size", t.batch_size, f"an integer >= 1 divisible by train.grad_accum={t.grad_accum}")
-    require(t.epoch_size is None or (isinstance(t.epoch_size, int) and t.epoch_size > 0), "train.epoch_size",
-            t.epoch_size, "null (a full pass over the training split) or a number of images > 0")
-    require(t.lr > 0 and 0 <= t.min_lr <= t.lr and 0 <= t.warmup_start_lr <= t.lr, "train.lr/min_lr/warmup_start_lr",
-            (t.lr, t.min_lr, t.warmup_start_lr), "0 <= min_lr <= lr and 0 <= warmup_start_lr <= lr")
-    require(t.get("decay", "cosine") in lr_schedule.DECAYS, "train.decay", t.get("decay"),
-            f"one of {sorted(lr_schedule.DECAYS)}")
-    require(isinstance(t.warmup_epochs, (int, float)) and 0 <= t.warmup_epochs <= t.epochs, "train.warmup_epochs",
-            t.warmup_epochs, "a number of epochs in [0, train.epochs]")
-    require(t.precision in ("auto", "fp32", "bf16"), "train.precision", t.precision, "auto, fp32 or bf16")
-    require(t.compile in ("auto", True, False), "train.compile", t.compile, "auto, true or false")
-    require(t.cuda_graph in ("auto", True, False), "train.cuda_graph", t.cuda_graph, "auto, true or false")
-    require(cfg.device in ("auto", "cpu", "cuda"), "device", cfg.device, "auto, cpu or cuda")
+    _check_train(cfg.train, cfg.data)
     if cfg.save_pretrained and not compression.dense:
         raise ConfigError(f"save_pretrained=true is not allowed with compression={compression.name}: only dense runs "
                           "(compression=none) are saved in transformers format")
@@ -81,6 +65,7 @@ def check(cfg: Any) -> tuple[Compression, Method]:
                           "save_pretrained")
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device='cuda' is not allowed: no CUDA device is visible; use device=auto or device=cpu")
+    t = cfg.train
     if t.cuda_graph is True and (cfg.device == "cpu" or not torch.cuda.is_available()):
         raise ConfigError("train.cuda_graph=true is not allowed without a CUDA device (CUDA graphs replay GPU work); "
                           "allowed here: auto or false")
@@ -89,6 +74,19 @@ def check(cfg: Any) -> tuple[Compression, Method]:
                           "step's shapes at every step, which a replayed graph cannot follow; allowed: auto (off "
                           "for gradual runs) or false")
     return compression, method
+
+
+def _check_train(t: Any, data_cfg: Any) -> None:
+    """How the ``train`` keys fit together, and with the data (each key's own range is its schema's)."""
+    require(t.batch_size % t.grad_accum == 0, "train.batch_size", t.batch_size,
+            f"an integer >= 1 divisible by train.grad_accum={t.grad_accum}")
+    for key, images in (("train.epoch_size", t.epoch_size), ("data.train_size", data_cfg.get("train_size"))):
+        require(images is None or images >= t.batch_size, key, images,
+                f"null or at least train.batch_size={t.batch_size} examples (an epoch of whole batches)")
+    for key in ("min_lr", "warmup_start_lr"):
+        require(t[key] <= t.lr, f"train.{key}", t[key], f"a number in [0, train.lr={t.lr}]")
+    require(t.warmup_epochs <= t.epochs, "train.warmup_epochs", t.warmup_epochs,
+            f"a number of epochs in [0, train.epochs={t.epochs}]")
 
 
 @torch.no_grad()

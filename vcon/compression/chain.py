@@ -7,8 +7,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from vcon.compression.base import Footprint, Packed, WeightCompression, from_config, register
+from vcon.compression.base import REGISTRY, Footprint, Packed, WeightCompression, from_config, register
 from vcon.errors import ConfigError
+from vcon.schema import options
 
 
 @register
@@ -17,7 +18,7 @@ class Chain(WeightCompression):
     """``steps``: a list of compression configs, applied first to last: ``C(W) = C_n(…C_1(W))``."""
 
     name = "chain"
-    steps: list[Any] = dataclasses.field(default_factory=list)
+    steps: list[Any] = options(lambda: REGISTRY, each=True)
 
     def __post_init__(self) -> None:
         self.stages = [from_config(step) for step in self.steps]

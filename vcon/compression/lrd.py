@@ -9,6 +9,7 @@ from torch import nn
 
 from vcon.compression.base import Footprint, ModuleCompression, Packed, register
 from vcon.errors import require
+from vcon.schema import check_fields, integer, number, setting
 
 if TYPE_CHECKING:
     from vcon.blend import Beta
@@ -45,11 +46,10 @@ class LowRank(ModuleCompression):
     """``rank``: an integer, or a float in (0, 1] meaning that fraction of each layer's full rank min(out, in)."""
 
     name = "lrd"
-    rank: int | float = 16
+    rank: int | float = setting(integer(1) | number(above=0, high=1, what="a fraction of full rank"), 16)
 
     def __post_init__(self) -> None:
-        ok = (isinstance(self.rank, int) and self.rank >= 1) or (isinstance(self.rank, float) and 0 < self.rank <= 1)
-        require(ok, "compression.rank", self.rank, "an integer >= 1, or a fraction of full rank in (0, 1]")
+        check_fields(self, "compression")
 
     def describe(self) -> str:
         return f"low rank {self.rank}"

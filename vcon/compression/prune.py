@@ -12,9 +12,16 @@ from torch import nn
 
 from vcon.compression import bits
 from vcon.compression.base import Footprint, Packed, WeightCompression, register
-from vcon.errors import ConfigError, require
+from vcon.errors import ConfigError
+from vcon.schema import Allowed, check_fields, number, setting
 
 _NM = re.compile(r"^(\d+):(\d+)$")
+
+
+def _n_of_m(granularity: object) -> tuple[int, int] | None:
+    """``'N:M'`` (keep N of every M, 0 < N < M) as ``(N, M)``; None for anything else."""
+    match = _NM.match(granularity) if isinstance(granularity, str) else None
+    return (int(match[1]), int(match[2])) if match and 0 < int(match[1]) < int(match[2]) else None
 
 
 @register
@@ -28,13 +35,13 @@ class Prune(WeightCompression):
     """
 
     name = "prune"
-    ratio: float = 0.9
-    granularity: str = "layer"
+    ratio: float = setting(number(0, below=1, what="a fraction"), 0.9)
+    granularity: str = setting(Allowed("'layer', 'row' or 'N:M' with 0 < N < M (e.g. '2:4')",
+                                       lambda g: g in ("layer", "row") or _n_of_m(g) is not None), "layer")
 
     def __post_init__(self) -> None:
-        require(isinstance(self.ratio, (int, float)) and 0 <= self.ratio < 1, "compression.ratio", self.ratio,
-                "a fraction in [0, 1)")
-        self.group = self._parse_group(str(self.granularity))
+        check_fields(self, "compression")
+        self.group = _n_of_m(self.granularity)
         if self.group is not None:
             n, m = self.group
             implied = 1 - n / m
@@ -44,16 +51,6 @@ class Prune(WeightCompression):
 
     def describe(self) -> str:
         return f"prune {self.ratio:g} {self.granularity}"
-
-    @staticmethod
-    def _parse_group(granularity: str) -> tuple[int, int] | None:
-        if granularity in ("layer", "row"):
-            return None
-        match = _NM.match(granularity)
-        if match and 0 < int(match[1]) < int(match[2]):
-            return int(match[1]), int(match[2])
-        raise ConfigError(f"compression.granularity={granularity!r} is not allowed: expected 'layer', 'row' or "
-                          "'N:M' with 0 < N < M (e.g. '2:4')")
 
     def check(self, layers: dict[str, nn.Linear]) -> None:
         if self.group is None:

@@ -9,7 +9,8 @@ from torch import nn
 
 from vcon.compression import bits
 from vcon.compression.base import Footprint, Packed, WeightCompression, register
-from vcon.errors import ExportError, require
+from vcon.errors import ExportError
+from vcon.schema import check_fields, integer, setting
 
 
 @register
@@ -21,11 +22,10 @@ class Quant(WeightCompression):
     """
 
     name = "quant"
-    bits: int = 1
+    bits: int = setting(integer(1, 8, means="1: binary"), 1)
 
     def __post_init__(self) -> None:
-        require(isinstance(self.bits, int) and 1 <= self.bits <= 8, "compression.bits", self.bits,
-                "an integer from 1 (binary) to 8")
+        check_fields(self, "compression")
 
     def describe(self) -> str:
         return "binary" if self.bits == 1 else f"{self.bits}-bit"
