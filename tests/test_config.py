@@ -79,6 +79,8 @@ def test_a_run_is_the_same_run_from_another_clone(tmp_path):
     own = make_config(f"model.pretrained={tmp_path / 'my-vit'}")
     assert identity.identity(own)["model"]["pretrained"] == str(tmp_path / "my-vit")
     assert identity.run_id(shipped) != identity.run_id(own)
+    scratch = make_config("model=bert-micro-scratch", "data=rotten-tomatoes")  # its tokenizer is a shipped folder
+    assert identity.identity(scratch)["model"]["tokenizer"] == "asset:bert-micro"
 
 
 # --- vcon.config: no Hydra side effects at import; types checked by the schemas; run ids unchanged by them ---------

@@ -30,10 +30,11 @@ IGNORED = {"train": ("log_every", "eval_batch_size", "checkpoint_every_min", "co
 
 def identity(cfg: DictConfig) -> dict[str, Any]:
     raw = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [s for s in SECTIONS if s in cfg]), resolve=True)
-    pretrained = raw.get("model", {}).get("pretrained")
-    if isinstance(pretrained, str) and Path(pretrained).parent == ASSETS:
-        # a shipped model by name, not by where this checkout is: a run stays the same run in another clone
-        raw["model"]["pretrained"] = f"asset:{Path(pretrained).name}"
+    for key in ("pretrained", "tokenizer"):
+        path = raw.get("model", {}).get(key)
+        if isinstance(path, str) and Path(path).parent == ASSETS:
+            # a shipped model by name, not by where this checkout is: a run stays the same run in another clone
+            raw["model"][key] = f"asset:{Path(path).name}"
     for section, keys in IGNORED.items():
         for key in keys:
             raw.get(section, {}).pop(key, None)
