@@ -338,6 +338,7 @@ def test_a_killed_run_started_again_with_the_same_command_resumes(tmp_path, sour
           "identical weights")
 
 
+@pytest.mark.slow  # run.py launched twice, a sweep of two jobs each: minutes on a busy machine
 def test_a_sweep_skips_finished_runs_and_survives_a_failed_one(tmp_path):
     """In-process launcher: a NaN run fails with its error recorded, the others finish, the table lists both;
     launched again, the finished runs are not trained again."""
