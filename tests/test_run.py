@@ -3,6 +3,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 from conftest import QUICK, ROOT, make_config, make_folder, requires_fashion_mnist, run_py
-from vcon import checkpoint, hub, train, wandb_offline
+from vcon import checkpoint, hub, identity, train, wandb_offline
 from vcon.errors import ConfigError
 
 pytestmark = requires_fashion_mnist
@@ -86,6 +87,22 @@ def quick(tmp_path, *overrides, on_epoch_end=None):
     return train.run(cfg, tmp_path, on_epoch_end=on_epoch_end)
 
 
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """``quick`` runs trained once for every test that compares against one or starts from a copy of its folder:
+    overrides -> (folder, results). Keyed by run id, so the same run spelled differently is trained once too."""
+    runs = {}
+
+    def train_once(*overrides):
+        key = identity.run_id(make_config(*QUICK, "model=vit-micro-scratch", *overrides))
+        if key not in runs:
+            folder = tmp_path_factory.mktemp(key)
+            runs[key] = folder, quick(folder, *overrides)
+        return runs[key]
+
+    return train_once
+
+
 class Interrupted(Exception):
     pass
 
@@ -103,24 +120,24 @@ def stop_after(epochs):
     ("compression=quant", "train.epochs=2", "train.augment.randaugment.enabled=true",  # the paper's augmentation:
      "train.augment.mixup_alpha=1.0"),  # its random draws are replayed exactly on resume
 ])
-def test_resumed_run_matches_an_uninterrupted_one(tmp_path, overrides):
-    whole = quick(tmp_path / "whole", *overrides)
+def test_resumed_run_matches_an_uninterrupted_one(tmp_path, overrides, trained):
+    whole_dir, whole = trained(*overrides)
     with pytest.raises(Interrupted):
         quick(tmp_path / "split", *overrides, on_epoch_end=stop_after(1))
     assert checkpoint.load(tmp_path / "split")["progress"]["epoch"] == 1
     resumed = quick(tmp_path / "split", *overrides)
     assert (resumed["step"], resumed["beta"]) == (whole["step"], whole["beta"])
     assert [h["step"] for h in resumed["history"]] == [h["step"] for h in whole["history"]]
-    a, b = checkpoint.load(tmp_path / "whole")["model"], checkpoint.load(tmp_path / "split")["model"]
+    a, b = checkpoint.load(whole_dir)["model"], checkpoint.load(tmp_path / "split")["model"]
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     assert resumed["test_acc"] == pytest.approx(whole["test_acc"], abs=0.2)
 
 
-def test_a_stop_signal_saves_mid_epoch_and_the_run_resumes_there(tmp_path):
+def test_a_stop_signal_saves_mid_epoch_and_the_run_resumes_there(tmp_path, trained):
     """SIGUSR2 (what submitit gets before a time limit) after epoch 1: the run saves at the next step boundary, in
     the middle of epoch 2, and leaves; started again, it continues from that step to the same end."""
     overrides = ("compression=prune", "train.epochs=3", "vcon.epochs=2")
-    whole = quick(tmp_path / "whole", *overrides)
+    whole_dir, whole = trained(*overrides)
     overrides += ("tracking.wandb.mode=offline",)
 
     def signal_after_epoch_1(epoch):
@@ -135,7 +152,7 @@ def test_a_stop_signal_saves_mid_epoch_and_the_run_resumes_there(tmp_path):
     assert signal.getsignal(signal.SIGUSR2) == signal.SIG_DFL  # the handler is handed back
     resumed = quick(tmp_path / "split", *overrides)
     assert (resumed["step"], resumed["beta"]) == (whole["step"], whole["beta"])
-    a, b = checkpoint.load(tmp_path / "whole")["model"], checkpoint.load(tmp_path / "split")["model"]
+    a, b = checkpoint.load(whole_dir)["model"], checkpoint.load(tmp_path / "split")["model"]
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     assert [h["val_acc_compressed"] for h in resumed["history"]] == pytest.approx(
         [h["val_acc_compressed"] for h in whole["history"]], abs=0.5)
@@ -144,15 +161,16 @@ def test_a_stop_signal_saves_mid_epoch_and_the_run_resumes_there(tmp_path):
     assert wandb_offline.read_run(second)["summary"]["test_acc"] == resumed["test_acc"]
 
 
-def test_finished_run_is_not_trained_again(tmp_path):
-    first = quick(tmp_path, "train.epochs=1", "vcon.epochs=0")
+def test_finished_run_is_not_trained_again(tmp_path, trained):
+    folder, first = trained("train.epochs=1", "vcon.epochs=0")
+    shutil.copytree(folder, tmp_path, dirs_exist_ok=True)
     stamp = (tmp_path / "checkpoint.pt").stat().st_mtime_ns
     assert quick(tmp_path, "train.epochs=1", "vcon.epochs=0") == first
     assert (tmp_path / "checkpoint.pt").stat().st_mtime_ns == stamp
 
 
-def test_checkpoint_of_another_config_is_refused(tmp_path):
-    quick(tmp_path, "train.epochs=1", "vcon.epochs=0")
+def test_checkpoint_of_another_config_is_refused(tmp_path, trained):
+    shutil.copytree(trained("train.epochs=1", "vcon.epochs=0")[0], tmp_path, dirs_exist_ok=True)
     with pytest.raises(ConfigError, match=r"another run \(differs in \['compression'\]\)"):
         quick(tmp_path, "train.epochs=1", "vcon.epochs=0", "compression=quant")
 
@@ -190,10 +208,10 @@ def test_each_compression_reports_its_figures(tmp_path, overrides, check):
 
 
 @pytest.mark.parametrize("compression", ["compression=lrd", "compression=prune"])
-def test_a_one_shot_run_reports_the_dense_models_accuracy(tmp_path, compression):
+def test_a_one_shot_run_reports_the_dense_models_accuracy(compression, trained):
     """One-shot compresses at step 0: the dense accuracy is still measured on the model before compression."""
-    dense = quick(tmp_path / "dense", "compression=none", "train.epochs=1")
-    one_shot = quick(tmp_path / "one-shot", compression, "train.epochs=1", "vcon.epochs=0")
+    _, dense = trained("compression=none", "train.epochs=1")
+    _, one_shot = trained(compression, "train.epochs=1", "vcon.epochs=0")
     assert one_shot["dense_test_acc"] == dense["dense_test_acc"]
 
 
@@ -320,6 +338,7 @@ def test_a_killed_run_started_again_with_the_same_command_resumes(tmp_path, sour
           "identical weights")
 
 
+@pytest.mark.slow  # run.py launched twice, a sweep of two jobs each: minutes on a busy machine
 def test_a_sweep_skips_finished_runs_and_survives_a_failed_one(tmp_path):
     """In-process launcher: a NaN run fails with its error recorded, the others finish, the table lists both;
     launched again, the finished runs are not trained again."""

@@ -24,7 +24,16 @@ from vcon.method import VCON, from_config as method_from_config
 from vcon.results import headline
 from vcon.schedule import transition_length
 
-SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
+
+def shipped(folder: str) -> Path:
+    """``conf`` or ``sweeps``: the repository's top-level folder in a checkout (an editable install), the copy a
+    wheel carries inside the package as ``vcon/_<folder>`` (pyproject.toml maps it there) in any other install. A
+    plain path, as for the model assets: Hydra and ``from_pretrained`` read folders, not zip members."""
+    packaged = Path(__file__).resolve().parent / f"_{folder}"
+    return packaged if packaged.is_dir() else packaged.parents[1] / folder
+
+
+CONF, SWEEPS = shipped("conf"), shipped("sweeps")
 
 
 def register_sweeps() -> None:
