@@ -8,17 +8,39 @@ from 1 to 0 along the schedule.
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import Callable, Iterator, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vcon.compression import Compression, ModuleCompression, WeightCompression
 from vcon.method import VCON, Gradual, Method
 
-if TYPE_CHECKING:
-    from vcon.compression.lrd import LowRank
+
+class WeightTransform(Protocol):
+    """What a blended linear layer asks of its compression (``vcon.compression.WeightCompression``): ``C(W)`` of
+    one weight, or of many at once. The compressions build on this module, not the other way round."""
+
+    def compress(self, weight: torch.Tensor, strength: float = 1.0) -> torch.Tensor: ...
+
+    def compress_all(self, weights: list[torch.Tensor], strength: float = 1.0) -> list[torch.Tensor]: ...
+
+
+class RankRamp(Protocol):
+    """What gradual rank reduction asks of its compression (``vcon.compression.lrd.LowRank``)."""
+
+    def rank_for(self, out_features: int, in_features: int, strength: float = 1.0) -> int: ...
+
+    def build(self, linear: nn.Linear) -> nn.Module: ...
+
+
+class Blending(Protocol):
+    """What ``blend_`` asks of a compression (every ``vcon.compression.Compression``): whether it compresses at all,
+    and the blended module that stands for a layer under VCON or gradual compression."""
+
+    dense: bool
+
+    def blend(self, linear: nn.Linear, beta: "Beta", gradual: bool) -> nn.Module: ...
 
 
 class Beta:
@@ -76,7 +98,7 @@ class BlendedLinear(nn.Module):
     ``W_eff = C_s(W)``, the compression at strength ``s = 1 − β``, straight-through alike. It keeps the original
     ``weight``/``bias`` parameters, so state-dict keys are those of the dense model."""
 
-    def __init__(self, linear: nn.Linear, compression: WeightCompression, beta: Beta, gradual: bool = False) -> None:
+    def __init__(self, linear: nn.Linear, compression: WeightTransform, beta: Beta, gradual: bool = False) -> None:
         super().__init__()
         self.weight = linear.weight
         self.bias = linear.bias
@@ -172,7 +194,7 @@ class GradualBranches(BlendedBranches):
     β = 0 the factors ``g`` become the truncated SVD of the weight trained so far and the dense layer is dropped,
     as VCON's low rank drops it; ``g`` is in the optimizer from the start, but has no gradient before that."""
 
-    def __init__(self, original: nn.Linear, compressed: nn.Module, beta: Beta, compression: LowRank) -> None:
+    def __init__(self, original: nn.Linear, compressed: nn.Module, beta: Beta, compression: RankRamp) -> None:
         super().__init__(original, compressed, beta)
         self.compression = compression
         side = min(original.weight.shape)
@@ -225,7 +247,7 @@ def strength(beta: Beta, gradual: bool) -> float:
     return 1.0 - beta.value if gradual else 1.0
 
 
-def blend_(model: nn.Module, compression: Compression, names: list[str], beta: Beta | None = None,
+def blend_(model: nn.Module, compression: Blending, names: list[str], beta: Beta | None = None,
            method: Method = VCON) -> Beta:
     """Replace each module in ``names`` (chosen by ``vcon.targets``) by its blend with its compressed form, as
     ``method`` blends. Returns the β that drives them all. The dense baseline (``compression=none``) wraps
@@ -237,22 +259,12 @@ def blend_(model: nn.Module, compression: Compression, names: list[str], beta: B
         return beta
     gradual = isinstance(method, Gradual)
     # all built before any goes in: a compression that refuses the method leaves the model as it was
-    blended = {name: _blended(model.get_submodule(name), compression, beta, gradual) for name in names}
+    blended = {name: compression.blend(model.get_submodule(name), beta, gradual) for name in names}
     for name, module in blended.items():
         model.set_submodule(name, module)
-    if isinstance(compression, WeightCompression) or gradual:
+    if any(isinstance(module, (BlendedLinear, GradualBranches)) for module in blended.values()):
         Precompute(model, list(blended.values()), compression, beta, gradual)
     return beta
-
-
-def _blended(original: nn.Linear, compression: Compression, beta: Beta, gradual: bool) -> nn.Module:
-    if isinstance(compression, WeightCompression):
-        return BlendedLinear(original, compression, beta, gradual)
-    if isinstance(compression, ModuleCompression) and gradual:
-        return compression.grow_in(original, beta)  # the compression says how it grows in, or refuses
-    if isinstance(compression, ModuleCompression):
-        return BlendedBranches(original, compression.build(original), beta)
-    raise TypeError(f"{type(compression).__name__} is neither a weight nor a module compression")
 
 
 _HOOKS = "_vcon_precompute"  # where a blended model keeps its Precompute objects
@@ -269,7 +281,7 @@ class Precompute:
     a deep copy of the model copies it along with the copy's own layers, so a copy never computes the weights of the
     model it was copied from."""
 
-    def __init__(self, model: nn.Module, layers: list[nn.Module], compression: Compression, beta: Beta,
+    def __init__(self, model: nn.Module, layers: list[nn.Module], compression: WeightTransform, beta: Beta,
                  gradual: bool) -> None:
         self.layers, self.compression, self.beta, self.gradual = layers, compression, beta, gradual
         self.linears = [layer for layer in layers if isinstance(layer, BlendedLinear)]

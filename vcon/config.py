@@ -163,20 +163,22 @@ class Config:
 def validate(cfg: Any, section: str = "") -> None:
     """Every key of the config ``cfg`` (or of its ``section``: ``validate(cfg.data, "data")``) against its schema: a
     known key, given, of its type and in its range or among its choices. Reads only, and loads nothing: the first
-    bad key is refused in one line naming it and what it allows."""
+    bad key is refused in one line naming it and what it allows. (``hydra``, where a config is composed with
+    Hydra's own, is typed by Hydra.)"""
     if not section:
-        _check_section(cfg, Config, "", "the config")
+        _check_section(cfg, Config, "", "the config", hydras="hydra")
         return
     (f,) = [f for f in dataclasses.fields(Config) if f.name == section]
     _check_key(cfg, f, section)
 
 
-def _check_section(node: Any, schema: type, prefix: str, label: str, selector: str | None = None) -> None:
+def _check_section(node: Any, schema: type, prefix: str, label: str, selector: str | None = None,
+                   hydras: str | None = None) -> None:
     """The keys of ``node``, the section at ``prefix`` (``label`` names it in messages), against ``schema``'s fields
-    (and the ``selector`` key that chose the schema, when it is an option)."""
+    (and the ``selector`` key that chose the schema, when it is an option; ``hydras``: a key Hydra types itself)."""
     fields = {f.name: f for f in dataclasses.fields(schema)}
     known = sorted([*fields, *([selector] if selector else [])])
-    unknown = sorted(set(node) - set(known))
+    unknown = sorted(set(node) - set(known) - {hydras})
     if unknown:
         raise ConfigError(f"{label} has no setting(s) {unknown}; allowed: {known}")
     for name, f in fields.items():

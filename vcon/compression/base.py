@@ -15,15 +15,13 @@ no dense copy of the weight). ``vcon/export.py`` writes and loads those.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from vcon.blend import Beta, BlendedBranches, BlendedLinear
 from vcon.errors import ConfigError, ExportError
-
-if TYPE_CHECKING:
-    from vcon.blend import Beta
 
 REGISTRY: dict[str, type["Compression"]] = {}
 
@@ -81,6 +79,11 @@ class Compression:
     def check(self, layers: dict[str, nn.Linear]) -> None:
         """Raise ``ConfigError`` if the settings cannot apply to these layers; called before any training."""
 
+    def blend(self, linear: nn.Linear, beta: Beta, gradual: bool) -> nn.Module:
+        """The module that stands for ``linear`` while it is compressed (``vcon.blend.blend_``): blended with its
+        compressed form at ``beta`` (VCON), or the compression grown in at strength ``1 − β`` (``gradual``)."""
+        raise NotImplementedError
+
     def footprint(self, fp: Footprint, weight_shape: torch.Size) -> Footprint:
         """How this compression changes the storage of a matrix of ``weight_shape`` (see ``Footprint``)."""
         return fp
@@ -107,6 +110,11 @@ class WeightCompression(Compression):
     its pruning stage) and their values at its last stage's width: ``stored`` (which entries, None: all),
     ``pack_positions`` (how their positions are coded) and ``pack_values`` (how the stored values are coded).
     """
+
+    def blend(self, linear: nn.Linear, beta: Beta, gradual: bool) -> nn.Module:
+        """The layer that runs ``W_eff = β·W + (1−β)·C(W)`` (VCON) or ``C_s(W)`` at strength ``s = 1 − β``
+        (gradual), on ``linear``'s own parameters."""
+        return BlendedLinear(linear, self, beta, gradual)
 
     def compress(self, weight: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
         """``C(W)``: the compressed weight, same shape and dtype. ``weight`` may be a stack of matrices (``(..., out,
@@ -179,6 +187,10 @@ class ModuleCompression(Compression):
 
     def build(self, linear: nn.Linear) -> nn.Module:
         raise NotImplementedError
+
+    def blend(self, linear: nn.Linear, beta: Beta, gradual: bool) -> nn.Module:
+        """VCON runs both branches, ``linear`` and ``build(linear)``; gradual compression is ``grow_in``'s."""
+        return self.grow_in(linear, beta) if gradual else BlendedBranches(linear, self.build(linear), beta)
 
     def grow_in(self, linear: nn.Linear, beta: Beta) -> nn.Module:
         """The module that stands for ``linear`` under ``method=gradual`` (``vcon/method.py``): it grows this

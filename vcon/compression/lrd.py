@@ -2,17 +2,13 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
-
 import torch
 from torch import nn
 
+from vcon.blend import Beta, GradualBranches
 from vcon.compression.base import Footprint, ModuleCompression, Packed, register
 from vcon.errors import require
 from vcon.schema import check_fields, integer, number, setting
-
-if TYPE_CHECKING:
-    from vcon.blend import Beta
 
 
 class LowRankLinear(nn.Module):
@@ -88,8 +84,6 @@ class LowRank(ModuleCompression):
                          fp.overhead_bits)
 
     def grow_in(self, linear: nn.Linear, beta: Beta) -> nn.Module:
-        from vcon.blend import GradualBranches  # vcon.blend builds on the compressions
-
         return GradualBranches(linear, self.build(linear), beta, self)
 
     # Export: the two factors and the bias of the finalized LowRankLinear, nothing else.
