@@ -1,4 +1,4 @@
-"""Entry point: ``python run.py [group=option ...] [key=value ...]``; ``-m`` sweeps. The work is ``vcon.train.run``."""
+"""Entry point: ``python run.py [group=option ...] [key=value ...]``; ``-m`` sweeps. The work is ``vcon.train.loop.run``."""
 import json
 import logging
 import shutil
@@ -11,9 +11,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from vcon import config, results, train
+from vcon.app import config, job
 from vcon.atomic import disk_full, write_atomic
 from vcon.errors import VconError, say
+from vcon.train import results
 
 log = logging.getLogger("vcon")
 config.register()  # the ${asset:...} and ${run_id:} resolvers, the schemas and the sweeps conf/ refers to
@@ -28,7 +29,7 @@ def main(cfg: DictConfig) -> float | None:
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     name = hydra_cfg.job.override_dirname or run_dir.name  # readable: the overrides that made this run
     try:
-        summary = train.run(cfg, run_dir, run_name=name, group=cfg.sweep_name if in_sweep else None)
+        summary = job.run(cfg, run_dir, run_name=name, group=cfg.sweep_name if in_sweep else None)
     except Exception as error:  # noqa: BLE001  (a sweep goes on past a failed job; a single run says why it failed)
         if in_sweep:
             return _record_failure(run_dir, error)

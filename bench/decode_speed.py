@@ -6,8 +6,8 @@ GPU's nvJPEG (torchvision.io.decode_jpeg on CUDA), to say whether decoding on th
 
 Measured on ``--images`` generated JPEGs of ImageNet's mean size (bench/stream_speed.py's generator), in batches
 of 128, to random resized 224 px crops:
-  * one core: vcon.stream.crop (Pillow decode, crop, resize, flip), images/s;
-  * the streamed path with ``--workers`` DataLoader workers (vcon/stream.py as a run uses it), images/s;
+  * one core: vcon.data.stream.crop (Pillow decode, crop, resize, flip), images/s;
+  * the streamed path with ``--workers`` DataLoader workers (vcon/data/stream.py as a run uses it), images/s;
   * with CUDA and torchvision: nvJPEG batch decoding alone, and decoding with the crops made on the GPU.
 Results go to bench/results/.
 """
@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from stream_speed import generate, measure
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +37,7 @@ def rate(fn, images: int) -> float:
 def cpu_rates(files: list[Path], folder: Path, workers: int) -> dict:
     from PIL import Image
 
-    from vcon import stream
+    from vcon.data import stream
 
     blobs = [f.read_bytes() for f in files]
     rng = random.Random(0)

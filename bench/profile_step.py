@@ -12,9 +12,8 @@ import argparse
 import time
 
 import torch
-from torch.profiler import ProfilerActivity, profile
-
 import train_speed  # bench/train_speed.py: the same configurations, built the same way
+from torch.profiler import ProfilerActivity, profile
 
 
 def launch_latency_us(device: torch.device, n: int = 2000) -> float:

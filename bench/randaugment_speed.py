@@ -1,4 +1,4 @@
-"""Speed of vcon.randaugment.RandAugment against kornia's RandAugment called per chunk of 16 images.
+"""Speed of vcon.data.randaugment.RandAugment against kornia's RandAugment called per chunk of 16 images.
 
     PYTHONPATH=. python bench/randaugment_speed.py [--repeats 50]
 
@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from vcon.randaugment import RandAugment
+from vcon.data.randaugment import RandAugment
 
 
 def median_ms(fn, x: torch.Tensor, repeats: int, warmup: int = 3) -> float:
@@ -35,7 +35,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--chunk", type=int, default=16, help="kornia's chunk size (vcon/augment.py's default)")
+    parser.add_argument("--chunk", type=int, default=16, help="kornia's chunk size (vcon/data/augment.py's default)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     args = parser.parse_args()
     if args.threads:

@@ -4,9 +4,10 @@ Run it where torchvision is installed (the GPU machines; it cannot be installed 
 import torch
 import torchvision
 from torchvision.transforms import InterpolationMode
-from torchvision.transforms.autoaugment import RandAugment as TV, _apply_op
+from torchvision.transforms.autoaugment import RandAugment as TV
+from torchvision.transforms.autoaugment import _apply_op
 
-from vcon.randaugment import OPS, RandAugment
+from vcon.data.randaugment import OPS, RandAugment
 
 print("torchvision", torchvision.__version__, "torch", torch.__version__)
 g = torch.Generator().manual_seed(0)

@@ -1,4 +1,4 @@
-"""Streaming from disk (``vcon/stream.py``): memory against the folder's size, and images/s read, decoded and cropped.
+"""Streaming from disk (``vcon/data/stream.py``): memory against the folder's size, and images/s read, decoded and cropped.
 
     python bench/stream_speed.py                        # 5,000 and 50,000 generated 224 px JPEGs, 2 workers
     python bench/stream_speed.py --sizes 500 5000 --images 1000
@@ -57,7 +57,7 @@ def measure(folder: str, images: int, workers: int, batch: int) -> dict:
     import torch
     from omegaconf import OmegaConf
 
-    from vcon import stream
+    from vcon.data import stream
 
     cfg = OmegaConf.create({"path": folder, "image_size": 224, "workers": workers, "val_size": 0, "split_seed": 0,
                             "bad_images": "stop"})

@@ -1,6 +1,6 @@
 """Training throughput: images/s per configuration, end to end and for the optimizer step alone.
 
-It builds what a run builds (``vcon.train.build_model`` / ``build_step`` from the real Hydra config) and times the
+It builds what a run builds (``vcon.train.loop.build_model`` / ``build_step`` from the real Hydra config) and times the
 ``Step`` that ``run.py`` trains through, on CIFAR-sized uint8 images held on the device as a CIFAR-10 run holds them:
 
 * ``e2e``: indices in, uint8 images gathered, RandAugment and MixUp on the device, resize, forward, backward, AdamW;
@@ -8,7 +8,7 @@ It builds what a run builds (``vcon.train.build_model`` / ``build_step`` from th
 * ``pipeline``: the augmentation alone (the reference's ``loader_only``).
 
 With ``graph`` in a variant (``--variants bf16:true:graph``) each of the three is replayed as a CUDA graph
-(``train.cuda_graph``, ``vcon/cuda_graph.py``): e2e through the ``Step`` a run uses, the other two wrapped alike.
+(``train.cuda_graph``, ``vcon/train/cuda_graph.py``): e2e through the ``Step`` a run uses, the other two wrapped alike.
 
     python bench/train_speed.py                     # CUDA: ViT-T/16, 224 px, batch 128, the paper recipe
     python bench/train_speed.py --device cpu --model vit-micro --recipe micro   # the offline default run
@@ -36,11 +36,13 @@ sys.path.insert(0, str(ROOT))
 
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-from vcon import Controller, config, data, train, train_step  # noqa: E402
-from vcon.augment import Pipeline  # noqa: E402
-from vcon.cuda_graph import CapturedStep  # noqa: E402
+from vcon import Controller, data, train_step  # noqa: E402
+from vcon.app import config
 from vcon.compression import from_config  # noqa: E402
+from vcon.data.augment import Pipeline  # noqa: E402
 from vcon.schedule import Schedule  # noqa: E402
+from vcon.train import loop as train
+from vcon.train.cuda_graph import CapturedStep  # noqa: E402
 
 # name -> (compression overrides, β while timed); the names are the reference's, "vanilla" being ours "dense"
 CONFIGS = {

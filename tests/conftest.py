@@ -23,7 +23,7 @@ QUICK = ["data.train_size=512", "data.val_size=256", "data.test_size=512", "trai
 
 def make_config(*overrides: str):
     """The real config tree composed by Hydra, as run.py would, with these overrides."""
-    from vcon import config
+    from vcon.app import config
 
     config.register()  # the ${asset:...} and ${run_id:} resolvers, the schemas, the sweeps
 

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vcon.blend import Beta, BlendedBranches, BlendedLinear, blend_, drop_originals
 from vcon.compression import from_config
+from vcon.method.blend import Beta, BlendedBranches, BlendedLinear, blend_, drop_originals
 
 PRUNE = {"name": "prune", "ratio": 0.75}
 BINARY = {"name": "quant", "bits": 1}

@@ -171,7 +171,7 @@ def test_a_finalized_layer_packs_into_exactly_what_it_computes(settings):
     """Export packs the layer finalize leaves (an nn.Linear holding C(W)) as it is. Compressing C(W) again would
     keep its stored entries (checked here) but not always its values to the last bit (a binary scale is a mean),
     so pack must not: what the loaded layer computes is C(W) of the latent W."""
-    from vcon.blend import Beta, BlendedLinear
+    from vcon.method.blend import Beta, BlendedLinear
 
     compression = from_config(settings)
     torch.manual_seed(0)

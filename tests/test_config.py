@@ -1,8 +1,8 @@
 """Every option of every config group composes through Hydra, and passes the run's own checks."""
 import pytest
-
 from conftest import CONF, make_config
-from vcon import train
+
+from vcon.app import job
 
 GROUPS = {group.name: sorted(p.stem for p in group.glob("*.yaml")) for group in CONF.iterdir()
           if group.is_dir() and group.name != "hydra"}  # conf/hydra/ holds options of Hydra's own groups
@@ -13,9 +13,9 @@ def test_the_tree_mirrors_the_code():
     from conftest import ROOT
 
     assert set(GROUPS) == {"model", "data", "compression", "schedule", "method", "train", "experiment"}
-    for group in ("model", "data", "schedule", "method", "train"):
-        assert (ROOT / "vcon" / f"{group}.py").exists()
-    assert (ROOT / "vcon" / "compression").is_dir()
+    for group in ("model", "data", "compression", "method", "train"):  # a folder of the group's name, registry first
+        assert (ROOT / "vcon" / group / "__init__.py").exists()
+    assert (ROOT / "vcon" / "schedule.py").exists()  # one small module: the shapes of β
 
 
 @pytest.mark.parametrize("group, option", OPTIONS)
@@ -36,7 +36,7 @@ def test_option_composes_and_checks(config, group, option):
         assert cfg.method.name == option
     if option in ("imagefolder", "imagenet", "text-files"):
         return  # data.path must hold a real folder: tested in test_run, test_stream and test_text
-    compression, method = train.check(cfg)
+    compression, method = job.check(cfg)
     assert (compression.name, method.name) == (cfg.compression.name, cfg.method.name)
 
 
@@ -44,7 +44,7 @@ def test_default_run_is_vit_micro_pruned_on_fashion_mnist(config):
     cfg = config()
     assert (cfg.model.name, cfg.data.name, cfg.compression.name, cfg.vcon.shape) == (
         "vit-micro", "fashion-mnist", "prune", "linear")
-    assert cfg.model.pretrained.endswith("vcon/assets/vit-micro")
+    assert cfg.model.pretrained.endswith("vcon/model/assets/vit-micro")
 
 
 @pytest.mark.parametrize("model", ["vit-tiny", "vit-small", "vit-base"])
@@ -72,7 +72,7 @@ def test_a_run_is_the_same_run_from_another_clone(tmp_path):
     """The run identity names a shipped model by name: cloned elsewhere (another absolute path to the asset), the
     same settings are the same run, so a sweep resumes and vcon-export accepts its checkpoints. A model folder of
     the user's own stays a path."""
-    from vcon import identity
+    from vcon.app import identity
 
     shipped = make_config()
     assert identity.identity(shipped)["model"]["pretrained"] == "asset:vit-micro"
@@ -83,7 +83,7 @@ def test_a_run_is_the_same_run_from_another_clone(tmp_path):
     assert identity.identity(scratch)["model"]["tokenizer"] == "asset:bert-micro"
 
 
-# --- vcon.config: no Hydra side effects at import; types checked by the schemas; run ids unchanged by them ---------
+# --- vcon.app.config: no Hydra side effects at import; types checked by the schemas; run ids unchanged by them ---------
 
 SWEEP_FILES = sorted((CONF.parent / "sweeps").glob("*.yaml"))
 BLOCK_HYDRA = """
@@ -118,7 +118,7 @@ def test_import_vcon_has_no_hydra_side_effects(blocked):
 
 
 def test_import_vcon_registers_nothing():
-    """The resolvers, the schemas and the sweeps come from vcon.config.register(), not from importing vcon."""
+    """The resolvers, the schemas and the sweeps come from vcon.app.config.register(), not from importing vcon."""
     import subprocess
     import sys
 
@@ -131,7 +131,7 @@ from omegaconf import OmegaConf
 
 assert not OmegaConf.has_resolver("asset") and not OmegaConf.has_resolver("run_id")
 assert "schema.yaml" not in ConfigStore.instance().list("") and "sweeps" not in ConfigStore.instance().list("")
-from vcon import config
+from vcon.app import config
 config.register()
 config.register()  # idempotent
 assert OmegaConf.has_resolver("asset") and OmegaConf.has_resolver("run_id")
@@ -144,7 +144,7 @@ assert {"schema.yaml", "sweeps"} <= set(ConfigStore.instance().list(""))
 def test_the_schema_types_the_config(config):
     from omegaconf import OmegaConf
 
-    from vcon.config import Config, ExpScheduleConfig, ScheduleConfig, StepScheduleConfig, TrainConfig
+    from vcon.app.config import Config, ExpScheduleConfig, ScheduleConfig, StepScheduleConfig, TrainConfig
 
     cfg = config()
     assert OmegaConf.get_type(cfg) is Config and OmegaConf.get_type(cfg.train) is TrainConfig
@@ -184,11 +184,10 @@ def test_a_value_of_the_wrong_type_is_refused_naming_the_key(config, overrides, 
 @pytest.fixture
 def untyped():
     """Compose without the schemas (what conf/ gave before they existed): empty configs in their place."""
+    from hydra import compose, initialize_config_dir
     from hydra.core.config_store import ConfigStore
 
-    from vcon import config as vcon_config
-
-    from hydra import compose, initialize_config_dir
+    from vcon.app import config as vcon_config
 
     def compose_untyped(*overrides: str):
         with initialize_config_dir(config_dir=str(CONF), version_base=None):
@@ -225,15 +224,15 @@ def test_the_schemas_change_no_run_identity(untyped):
     yaml alone (json tells 3 from 3.0), or every earlier run would be trained again in a new folder."""
     import json
 
-    from vcon import identity
-
     from omegaconf import OmegaConf
+
+    from vcon.app import identity
 
     assert OmegaConf.get_type(untyped()) is dict and OmegaConf.get_type(untyped().train) is dict
     before = {" ".join(case): untyped(*case) for case in IDENTITY_CASES}
     before = {case: (identity.run_id(cfg), json.dumps(identity.identity(cfg), sort_keys=True))
               for case, cfg in before.items()}
-    from vcon import config as vcon_config
+    from vcon.app import config as vcon_config
 
     vcon_config.register()
     for case, (run_id, ident) in before.items():
@@ -244,7 +243,7 @@ def test_the_schemas_change_no_run_identity(untyped):
 @pytest.mark.parametrize("overrides", [[], ["train=paper"], ["experiment=paper-vit-tiny"], ["schedule=exp"],
                                        ["schedule=step"], ["experiment=train-vit-micro"]])
 def test_integers_stay_integers_in_the_identity(config, overrides):
-    from vcon import identity
+    from vcon.app import identity
 
     ident = identity.identity(config(*overrides))
     t = ident["train"]
@@ -266,10 +265,10 @@ def test_every_job_of_every_ready_sweep_composes_and_checks(path):
 
     named = OmegaConf.load(path).sweep_name  # fixed (two files may fill one sweep): launched again, a sweep skips
     assert path.stem.startswith(named)  # its finished runs
-    for job in sweep_jobs(path):
-        cfg = make_config(*job)
+    for overrides in sweep_jobs(path):
+        cfg = make_config(*overrides)
         assert cfg.sweep_name == named
-        train.check(cfg)
+        job.check(cfg)
 
 
 # --- run.py: a bad value is one message, not a traceback; a refused run leaves no folder --------------------------
@@ -309,7 +308,8 @@ def test_a_refused_run_leaves_no_folder(tmp_path):
 def test_a_refused_run_leaves_a_folder_of_an_earlier_run_alone(tmp_path, earlier):
     """The same identity as an earlier run (a resume) whose folder holds more than Hydra's files: refused, untouched."""
     from conftest import run_py
-    from vcon import identity
+
+    from vcon.app import identity
 
     run_dir = tmp_path / "runs" / identity.run_id(make_config("compression.ratio=2"))
     (run_dir / earlier).parent.mkdir(parents=True)

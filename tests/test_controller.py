@@ -8,8 +8,8 @@ from torch import nn
 from transformers import BertConfig, BertForSequenceClassification, ViTConfig, ViTForImageClassification
 
 from vcon import Chain, Controller, LowRank, Prune, Quant, Schedule, compress_
-from vcon.blend import BlendedBranches, BlendedLinear
 from vcon.errors import ConfigError
+from vcon.method.blend import BlendedBranches, BlendedLinear
 
 
 def tiny_vit() -> nn.Module:

@@ -8,15 +8,19 @@ captured steps against eager ones.
 """
 import pytest
 import torch
+from conftest import FASHION_MNIST_ROOT, QUICK, make_config, requires_fashion_mnist
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 
-from conftest import FASHION_MNIST_ROOT, QUICK, make_config, requires_fashion_mnist
-from vcon import data, identity, lr_schedule, train, train_step
-from vcon.blend import drop_originals
+from vcon import data
+from vcon.app import identity, job
 from vcon.compression import from_config
 from vcon.errors import ConfigError
+from vcon.method.blend import drop_originals
 from vcon.schedule import Schedule
+from vcon.train import loop as train
+from vcon.train import lr_schedule
+from vcon.train import step as train_step
 
 # operations that read a device value on the host, or whose output shape depends on the data
 HOST_READS = ("_local_scalar_dense", "item", "nonzero", "masked_select", "unique")
@@ -123,13 +127,13 @@ def test_the_graph_is_captured_again_exactly_when_the_step_changes_shape():
 
 def test_bad_values_are_refused_before_anything_loads():
     with pytest.raises(ConfigError, match=r"train.cuda_graph.*'sometimes'.*auto, true or false"):
-        train.check(make_config(*QUICK, "train.cuda_graph=sometimes"))
+        job.check(make_config(*QUICK, "train.cuda_graph=sometimes"))
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match=r"train.cuda_graph=true is not allowed without a CUDA device.*auto or "
                                               r"false"):
-            train.check(make_config(*QUICK, "train.cuda_graph=true"))
+            job.check(make_config(*QUICK, "train.cuda_graph=true"))
     with pytest.raises(ConfigError, match=r"train.cuda_graph=true is not allowed without a CUDA device"):
-        train.check(make_config(*QUICK, "train.cuda_graph=true", "device=cpu"))
+        job.check(make_config(*QUICK, "train.cuda_graph=true", "device=cpu"))
 
 
 def test_a_run_with_graphs_is_the_same_run():

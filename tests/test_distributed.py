@@ -5,9 +5,9 @@ import os
 import signal
 
 import pytest
-
 from conftest import requires_fashion_mnist
-from vcon import checkpoint, distributed
+
+from vcon.train import checkpoint, distributed
 
 RENDEZVOUS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
 
@@ -81,7 +81,7 @@ TINY = ["model=vit-micro-scratch", "data.train_size=256", "data.val_size=64", "d
 
 
 class JumpingClock:
-    """``vcon.train``'s ``time`` in one process: ``monotonic`` jumps an hour ahead at its ``jump_at``-th reading
+    """``vcon.train.loop``'s ``time`` in one process: ``monotonic`` jumps an hour ahead at its ``jump_at``-th reading
     (1: ``fit`` starts the checkpoint clock, then one reading a step), so that this process alone believes a
     checkpoint overdue at step ``jump_at - 1``."""
 
@@ -104,9 +104,10 @@ def train_as_rank(rank: str, port: str, folder: str, scenario: str) -> None:
     from pathlib import Path
 
     import torch
-
     from conftest import make_config
-    from vcon import train
+
+    from vcon.app import job
+    from vcon.train import loop as train
 
     os.environ.update(RANK=rank, WORLD_SIZE="2", LOCAL_RANK=rank, MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
     torch.set_num_threads(1)  # two processes on a few shared cores
@@ -129,7 +130,7 @@ def train_as_rank(rank: str, port: str, folder: str, scenario: str) -> None:
     def run(name, on_epoch_end=None):
         saved.clear()
         try:
-            train.run(make_config(*TINY), Path(folder) / name, on_epoch_end=on_epoch_end)
+            job.run(make_config(*TINY), Path(folder) / name, on_epoch_end=on_epoch_end)
             code = 0
         except SystemExit as stopped:
             code = stopped.code

@@ -7,12 +7,13 @@ import sys
 
 import pytest
 import torch
+from conftest import QUICK, ROOT, make_config, requires_fashion_mnist
 from omegaconf import OmegaConf
 
-from conftest import QUICK, ROOT, make_config, requires_fashion_mnist
-from vcon import compress_, data, export, model, train
-from vcon.augment import Pipeline
+from vcon import compress_, data, export, model
+from vcon.app import export_run, job
 from vcon.compression import from_config
+from vcon.data.augment import Pipeline
 from vcon.errors import VconError
 
 pytestmark = requires_fashion_mnist
@@ -98,7 +99,7 @@ def run_dir(tmp_path_factory):
     """A real short run of the shipped vit-micro, low rank, exported at its end (export=true)."""
     run_dir = tmp_path_factory.mktemp("run")
     cfg = make_config(*QUICK, "compression=lrd", "train.epochs=1", "export=true")
-    train.run(cfg, run_dir)
+    job.run(cfg, run_dir)
     (run_dir / ".hydra").mkdir()
     OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")  # what Hydra leaves in a run folder
     return run_dir
@@ -114,13 +115,13 @@ def test_a_run_exports_at_its_end_and_the_export_scores_its_accuracy(run_dir, te
 
 
 def test_vcon_export_of_a_run_folder(run_dir, tmp_path, capsys):
-    assert export.main([str(run_dir), "--out", str(tmp_path / "again"), "--timing-s", "0"]) == 0
+    assert export_run.main([str(run_dir), "--out", str(tmp_path / "again"), "--timing-s", "0"]) == 0
     assert "| bytes on disk, whole model |" in capsys.readouterr().out
     first = json.loads((run_dir / "export" / export.FIGURES).read_text())
     again = json.loads((tmp_path / "again" / export.FIGURES).read_text())
     assert again["bytes"] == first["bytes"] and again["max_abs_logit_difference"] < 1e-4
     assert json.loads((run_dir / "results.json").read_text())["export"]["folder"] == str(tmp_path / "again")
-    assert export.main([str(run_dir), "--out", str(tmp_path / "again")]) == 2
+    assert export_run.main([str(run_dir), "--out", str(tmp_path / "again")]) == 2
     assert "is not empty" in capsys.readouterr().err
 
 
@@ -165,7 +166,7 @@ def test_bad_input_is_refused_and_nothing_is_written(run_dir, tmp_path, spoil, m
     before = sorted(str(p) for p in tmp_path.rglob("*"))
     results = (run_dir / "results.json").read_text()
     with pytest.raises(VconError, match=message):  # ExportError, or CheckpointError for a foreign checkpoint
-        export.export_run(run_dir)
+        export_run.export_run(run_dir)
     assert sorted(str(p) for p in tmp_path.rglob("*")) == before
     assert (run_dir / "results.json").read_text() == results
 

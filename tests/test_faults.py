@@ -11,13 +11,15 @@ import subprocess
 
 import pytest
 import torch
+from conftest import CONF, ROOT, make_config, requires_fashion_mnist, run_py
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
-from conftest import CONF, ROOT, make_config, requires_fashion_mnist, run_py
-from vcon import atomic, checkpoint, export, train
+from vcon import atomic, export
+from vcon.app import export_run, job
 from vcon.errors import CheckpointError, DiskFull, ExportError
+from vcon.train import checkpoint
 
 pytestmark = requires_fashion_mnist
 # two optimizer steps an epoch of the shipped vit-micro on 128 images: a launch of run.py is mostly its start
@@ -64,7 +66,7 @@ def test_a_damaged_checkpoint_is_moved_aside_and_the_run_resumes_from_the_one_be
     cut_in_half(run_dir / checkpoint.FILENAME)
     damaged = (run_dir / checkpoint.FILENAME).read_bytes()
     with caplog.at_level(logging.WARNING, "vcon"):
-        resumed = train.run(make_config(*TINY), run_dir)  # the same settings as run.py's: the same run
+        resumed = job.run(make_config(*TINY), run_dir)  # the same settings as run.py's: the same run
     assert f"{run_dir / checkpoint.FILENAME} is damaged or cut short" in caplog.text
     assert (run_dir / "checkpoint.pt.damaged").read_bytes() == damaged  # kept for a look, never deleted
     assert [h["epoch"] for h in resumed["history"]] == [1, 2] and resumed["step"] == 4  # epoch 2 trained again
@@ -104,7 +106,7 @@ def test_a_planted_checkpoint_runs_nothing_in_run_py_or_vcon_export(finished, tm
     done = run_py(*TINY, f"hydra.run.dir={run_dir}", timeout=120)  # the same settings: it would resume this file
     assert_said(done, f"{run_dir / checkpoint.FILENAME} is not a vcon checkpoint or was written by something else",
                 "nothing in it was run")
-    assert export.main([str(run_dir), "--out", str(tmp_path / "export")]) == 2
+    assert export_run.main([str(run_dir), "--out", str(tmp_path / "export")]) == 2
     err = capsys.readouterr().err
     assert "vcon-export: error:" in err and "is not a vcon checkpoint or was written by something else" in err
     assert not marker.exists() and not (tmp_path / "export").exists()
@@ -115,7 +117,7 @@ def test_a_planted_checkpoint_runs_nothing_in_run_py_or_vcon_export(finished, tm
 def test_a_checkpoint_written_as_before_still_loads(tmp_path):
     """Written the way checkpoints were before weights-only loading: plain torch.save of the whole state, numpy's RNG
     state and all; read back equal."""
-    from vcon import distributed
+    from vcon.train import distributed
 
     state = {"identity": {"seed": 0}, "progress": {"epoch": 1, "history": [{"loss": 0.5}]}, "finished": False,
              "controller": {"step": 3, "beta": 0.25}, "model": torch.nn.Linear(3, 2).state_dict(),
@@ -174,7 +176,7 @@ def test_a_full_disk_keeps_the_previous_results_and_leaves_no_temporary_file(tmp
 
 def test_a_full_disk_during_vcon_export_leaves_no_export(finished, tmp_path, capsys):
     with small_disk(tmp_path / "disk", "64k") as disk:
-        assert export.main([str(finished), "--out", str(disk / "export"), "--timing-s", "0"]) == 2
+        assert export_run.main([str(finished), "--out", str(disk / "export"), "--timing-s", "0"]) == 2
         err = capsys.readouterr().err
         assert f"vcon-export: error: the disk is full: the export {disk / 'export'} could not be written" in err
         assert not list(disk.iterdir())

@@ -4,15 +4,18 @@ import dataclasses
 
 import pytest
 import torch
+from conftest import QUICK, make_config, requires_fashion_mnist
 from torch import nn
 from transformers import ViTConfig, ViTForImageClassification
 
-from conftest import QUICK, make_config, requires_fashion_mnist
-from vcon import Chain, LowRank, Prune, Quant, Schedule, checkpoint, compress_, identity, train
-from vcon.blend import BlendedBranches, GradualBranches
+from vcon import Chain, LowRank, Prune, Quant, Schedule, compress_
+from vcon.app import identity, job
 from vcon.compression import ModuleCompression
 from vcon.errors import ConfigError
 from vcon.method import Gradual
+from vcon.method.blend import BlendedBranches, GradualBranches
+from vcon.train import checkpoint
+from vcon.train import loop as train
 
 Q = 4
 
@@ -113,7 +116,7 @@ def test_gradual_defaults_to_zhu_and_guptas_cubic_ramp():
 
 def quick(folder, *overrides, on_epoch_end=None):
     cfg = make_config(*QUICK, "method=gradual", *overrides)
-    return train.run(cfg, folder, on_epoch_end=on_epoch_end)
+    return job.run(cfg, folder, on_epoch_end=on_epoch_end)
 
 
 @requires_fashion_mnist
@@ -183,7 +186,7 @@ def test_run_identities_differ_between_methods_but_not_for_one_shot():
 ])
 def test_bad_gradual_settings_are_refused_before_anything_loads(overrides, message):
     with pytest.raises(ConfigError, match=message):
-        train.check(make_config(*QUICK, *overrides))
+        job.check(make_config(*QUICK, *overrides))
 
 
 def test_a_target_rank_the_ramp_cannot_reach_is_refused():
@@ -192,7 +195,7 @@ def test_a_target_rank_the_ramp_cannot_reach_is_refused():
 
 
 def test_gradual_with_cuda_graph_auto_is_never_captured():
-    from vcon import train_step
+    from vcon.train import step as train_step
 
     cfg = make_config(*QUICK, "method=gradual", "train.cuda_graph=auto")
     controller, pipeline = train.build_model(cfg, Prune(ratio=0.9), 10, torch.device("cpu"), Schedule("cubic", 8),

@@ -7,15 +7,21 @@ import torch
 
 pytest.importorskip("accelerate", reason="pip install -e '.[hf]' (the Trainer needs accelerate)")
 
-from transformers import (BertConfig, BertForSequenceClassification, Trainer, TrainerCallback,  # noqa: E402
-                          TrainerState, TrainingArguments)
+from transformers import (  # noqa: E402
+    BertConfig,
+    BertForSequenceClassification,
+    Trainer,
+    TrainerCallback,
+    TrainerState,
+    TrainingArguments,
+)
 
-from vcon.blend import BlendedBranches, BlendedLinear  # noqa: E402
 from vcon.compression.lrd import LowRank  # noqa: E402
 from vcon.compression.prune import Prune  # noqa: E402
-from vcon.controller import compress_  # noqa: E402
+from vcon.core.controller import compress_  # noqa: E402
 from vcon.errors import ExportError  # noqa: E402
 from vcon.hf import VconCallback  # noqa: E402
+from vcon.method.blend import BlendedBranches, BlendedLinear  # noqa: E402
 from vcon.schedule import Schedule  # noqa: E402
 
 Q = 6

@@ -8,10 +8,10 @@ import sys
 import zipfile
 
 import pytest
+from conftest import QUICK, ROOT, make_config, requires_fashion_mnist
 from omegaconf import OmegaConf
 
-from conftest import QUICK, ROOT, make_config, requires_fashion_mnist
-from vcon import train
+from vcon.app import job
 
 SOURCES = ("vcon", "conf", "sweeps", "pyproject.toml", "README.md")  # what setuptools reads to build the wheel
 
@@ -58,7 +58,7 @@ def test_the_wheel_holds_the_package_the_config_tree_and_the_sweeps(wheel):
         return {f"{inside}/{p.relative_to(ROOT / folder).as_posix()}" for p in (ROOT / folder).glob(pattern)
                 if p.is_file() and "__pycache__" not in p.parts}
 
-    expected = (files("vcon", "**/*.py", "vcon") | files("vcon/assets", "**/*", "vcon/assets")
+    expected = (files("vcon", "**/*.py", "vcon") | files("vcon/model/assets", "**/*", "vcon/model/assets")
                 | files("conf", "**/*.yaml", "vcon/_conf") | files("sweeps", "*.yaml", "vcon/_sweeps"))
     assert {"vcon/_conf/config.yaml", "vcon/_sweeps/paper-table-micro.yaml", "vcon/compression/prune.py"} <= expected
     names = set(zipfile.ZipFile(wheel).namelist())
@@ -70,12 +70,13 @@ def test_an_installed_vcon_composes_the_ready_sweeps(installed, tmp_path):
         import json, sys
         from hydra import compose, initialize_config_dir
         import vcon
-        from vcon import config, sweep
+        from vcon import shipped
+        from vcon.app import config
 
         config.register()
         with initialize_config_dir(config_dir=sys.argv[1], version_base=None):
             cfg = compose(config_name="config", overrides=["+sweeps=paper-table-micro"], return_hydra_config=True)
-        print(json.dumps({"vcon": vcon.__file__, "conf": str(sweep.CONF), "sweep_name": cfg.sweep_name,
+        print(json.dumps({"vcon": vcon.__file__, "conf": str(shipped.CONF), "sweep_name": cfg.sweep_name,
                           "seeds": cfg.hydra.sweeper.params.seed, "model": cfg.model.pretrained}))
     """
     conf = installed / "vcon" / "_conf"  # where the wheel puts conf/
@@ -85,7 +86,7 @@ def test_an_installed_vcon_composes_the_ready_sweeps(installed, tmp_path):
     assert seen["vcon"] == str(installed / "vcon" / "__init__.py")  # the installed copy, not the checkout
     assert seen["conf"] == str(conf)
     assert (seen["sweep_name"], seen["seeds"]) == ("paper-table-micro", "0,1,2")
-    assert seen["model"] == str(installed / "vcon" / "assets" / "vit-micro")
+    assert seen["model"] == str(installed / "vcon" / "model" / "assets" / "vit-micro")
 
 
 @pytest.mark.slow  # a run, then vcon-report and vcon-export each start anew: a minute on a busy machine
@@ -93,7 +94,7 @@ def test_an_installed_vcon_composes_the_ready_sweeps(installed, tmp_path):
 def test_an_installed_vcon_reports_and_exports_a_saved_run(installed, tmp_path):
     run_dir = tmp_path / "run"  # a finished run at β = 0 (2 optimizer steps), as Hydra leaves it
     cfg = make_config(*QUICK, "data.train_size=128", "data.val_size=64", "data.test_size=128", "train.epochs=1")
-    train.run(cfg, run_dir)
+    job.run(cfg, run_dir)
     (run_dir / ".hydra").mkdir()
     OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
     report = from_install(installed, str(installed / "bin" / "vcon-report"), str(run_dir), cwd=tmp_path)

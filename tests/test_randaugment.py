@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from vcon.randaugment import OPS, SIGNED, RandAugment
+from vcon.data.randaugment import OPS, SIGNED, RandAugment
 
 DEGREES, ENHANCE, BITS, THRESHOLD = 9.0, 0.27, 7, 178.5  # torchvision's bins[9] of 31
 

@@ -5,11 +5,11 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import QUICK, ROOT, make_config, requires_fashion_mnist
 from transformers import AutoModelForImageClassification
 
-from conftest import QUICK, ROOT, make_config, requires_fashion_mnist
 from vcon import data
-from vcon.blend import BlendedBranches
+from vcon.method.blend import BlendedBranches
 from vcon.model import asset
 
 pytestmark = requires_fashion_mnist

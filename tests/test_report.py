@@ -5,7 +5,6 @@ import shutil
 import subprocess
 
 import pytest
-
 from conftest import QUICK, ROOT, requires_fashion_mnist, run_py
 
 pytestmark = [pytest.mark.slow, requires_fashion_mnist]

@@ -11,10 +11,12 @@ import time
 
 import pytest
 import torch
-
 from conftest import QUICK, ROOT, make_config, make_folder, requires_fashion_mnist, run_py
-from vcon import checkpoint, hub, identity, train, wandb_offline
+
+from vcon import hub
+from vcon.app import identity, job, wandb_offline
 from vcon.errors import ConfigError
+from vcon.train import checkpoint
 
 pytestmark = requires_fashion_mnist
 
@@ -84,7 +86,7 @@ def test_a_terminal_gets_a_progress_bar(tmp_path):
 
 def quick(tmp_path, *overrides, on_epoch_end=None):
     cfg = make_config(*QUICK, "model=vit-micro-scratch", *overrides)
-    return train.run(cfg, tmp_path, on_epoch_end=on_epoch_end)
+    return job.run(cfg, tmp_path, on_epoch_end=on_epoch_end)
 
 
 @pytest.fixture(scope="module")
@@ -306,7 +308,7 @@ def test_a_killed_run_started_again_with_the_same_command_resumes(tmp_path, sour
     if source == "streamed":
         args += [*STREAMED, f"data.path={make_folder(tmp_path / 'in')}"]
     whole_dir = tmp_path / "whole"
-    train.run(make_config(*args), whole_dir)  # the uninterrupted run, in this process (what run.py runs)
+    job.run(make_config(*args), whole_dir)  # the uninterrupted run, in this process (what run.py runs)
     args.append(f"outputs={tmp_path / 'killed'}")
     command = [sys.executable, str(ROOT / "run.py"), *args]
     victim = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -1,13 +1,13 @@
-"""Every key of every config group has a type and a range (vcon/schema.py, vcon/config.py): a bad value, an unknown
+"""Every key of every config group has a type and a range (vcon/schema.py, vcon/app/config.py): a bad value, an unknown
 key or a key left unset is refused in one line naming it, through the real Hydra compose, before anything loads."""
 import dataclasses
 import subprocess
 import sys
 
 import pytest
-
 from conftest import CONF, ROOT, make_config
-from vcon import train
+
+from vcon.app import job
 from vcon.errors import ConfigError
 
 IMAGEFOLDER = ("data=imagefolder", "data.path=/tmp")  # validate() refuses before the folder is looked at
@@ -130,7 +130,7 @@ UNKNOWN = [
                          else None)
 def test_a_bad_value_is_refused_naming_its_key(overrides, message):
     with pytest.raises(ConfigError) as refused:
-        train.check(make_config(*overrides))
+        job.check(make_config(*overrides))
     assert str(refused.value).startswith(message), str(refused.value)
     assert "\n" not in str(refused.value)
 
@@ -140,7 +140,8 @@ def test_every_key_of_every_option_is_declared_and_the_options_pass():
     what it allows (a setting), or is a section or a group's option."""
     from omegaconf import OmegaConf
 
-    from vcon import config, data, method, model
+    from vcon import data, method, model
+    from vcon.app import config
     from vcon.compression import REGISTRY
 
     for group in sorted(p for p in CONF.iterdir() if p.is_dir() and p.name != "hydra"):

@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import QUICK, make_config, numbered_folder, numbers, requires_fashion_mnist, run_py
-from vcon import checkpoint
+
+from vcon.train import checkpoint
 
 
 def _cluster_up() -> bool:
@@ -168,7 +168,9 @@ def test_two_nodes_match_one_process_with_the_same_global_batch(tmp_path):
 def _read_two_epochs(data_cfg, seed: int, batch_size: int) -> dict:
     """In each SLURM task: join the process group as a run does, and read two epochs of the streamed training split
     as the training loop does (``train.epoch_batches``). Returns the numbers of the images this task read."""
-    from vcon import data, distributed, train
+    from vcon import data
+    from vcon.train import distributed
+    from vcon.train import loop as train
 
     world = distributed.init(use_cuda=False)
     split = data.load(data_cfg).train
@@ -185,7 +187,9 @@ def test_two_slurm_tasks_read_disjoint_halves_of_every_streamed_epoch(tmp_path, 
     or left out."""
     import submitit
 
-    from vcon import data, distributed, train
+    from vcon import data
+    from vcon.train import distributed
+    from vcon.train import loop as train
 
     cfg = make_config("data=imagefolder", f"data.path={numbered_folder(tmp_path / 'images', 2, 40)}",
                       "data.stream=true", "data.image_size=8", "data.val_size=8", "data.workers=1")

@@ -1,12 +1,15 @@
-"""Images streamed from disk (vcon/stream.py): a generated JPEG folder in ImageNet's layout and a local copy of the
+"""Images streamed from disk (vcon/data/stream.py): a generated JPEG folder in ImageNet's layout and a local copy of the
 hub's parquet layout, read by DataLoader workers, crops seeded per example so that a resumed epoch reads what an
 uninterrupted one would. Whole streamed runs killed and resumed through run.py: tests/test_run.py."""
 import pytest
 import torch
-
 from conftest import QUICK, make_config, make_folder, numbered_folder, numbers
-from vcon import data, distributed, stream, train
+
+from vcon import data
+from vcon.data import stream
 from vcon.errors import ConfigError
+from vcon.train import distributed
+from vcon.train import loop as train
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,9 @@
 """The sweep table's three-way comparison: one-shot, gradual and VCON side by side, VCON's gain over each baseline
 paired by seed, from run identities composed by the real config tree."""
 import pytest
-
 from conftest import make_config
-from vcon import identity, report, sweep
+
+from vcon.app import identity, report, sweep
 
 ACCURACY = {  # (method, Q epochs) -> test accuracy per seed
     ("vcon", 0): {0: 80.0, 1: 81.0, 2: 79.0},

@@ -3,14 +3,15 @@ import copy
 
 import pytest
 import torch
+from conftest import make_config
 from omegaconf import OmegaConf
 from torch import nn
 from transformers import ViTConfig, ViTForImageClassification
 
-from conftest import make_config
-from vcon import Prune, compress_, train
+from vcon import Prune, compress_
+from vcon.app import job
+from vcon.core.targets import block_lists, select
 from vcon.errors import ConfigError
-from vcon.targets import block_lists, select
 
 DEFAULT = {"within": "blocks", "types": ["Linear"], "include": ["*"], "exclude": []}
 
@@ -89,7 +90,7 @@ def test_a_type_vcon_cannot_compress_is_refused_naming_it_and_the_allowed(vit_ti
         select(vit_tiny, target(within=within, types=["Linear", "Conv2d"]))
     assert str(refused.value).startswith(message)
     with pytest.raises(ConfigError) as refused:  # by the run's first checks, before the model is loaded
-        train.check(make_config(f"target.within={within}", "target.types=[Conv2d]"))
+        job.check(make_config(f"target.within={within}", "target.types=[Conv2d]"))
     assert str(refused.value).startswith(message)
 
 

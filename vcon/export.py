@@ -1,4 +1,5 @@
-"""Real compressed storage of a β = 0 model, its loader, and what it measures (``vcon-export <run dir>``).
+"""Real compressed storage of a β = 0 model, its loader, and what it measures (``vcon-export <run dir>`` is
+``vcon/app/export_run.py``).
 
 Masks and fake quantization only simulate compression: the training model still holds dense fp32 matrices. An
 export keeps what the β = 0 model needs and nothing else, each compression packing its own layers
@@ -17,7 +18,6 @@ allocated. Everything that can be checked is checked before anything is written,
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import json
@@ -34,10 +34,10 @@ import torch
 from torch import nn
 
 from vcon import model
-from vcon.blend import finalize_, plain_linear
 from vcon.compression import Compression, Packed, from_config, to_config
-from vcon.controller import Controller, compress_
-from vcon.errors import ExportError, VconError, say
+from vcon.core.controller import Controller
+from vcon.errors import ExportError
+from vcon.method.blend import finalize_, plain_linear
 
 CONFIG, WEIGHTS, FIGURES = "config.json", "model.safetensors", "export.json"
 KEY = "vcon_export"
@@ -99,7 +99,7 @@ def export_model(controller: Controller, out: str | Path, timing_s: float = 1.0)
     check_target(out)
     compression, names = controller.compression, controller.names
     if compression.dense:
-        raise ExportError(_NOTHING_TO_EXPORT)
+        raise ExportError(NOTHING_TO_EXPORT)
     if controller.beta.value != 0:
         raise ExportError(f"the model is at β = {controller.beta.value:.4f}, not 0: only the fully compressed model "
                           "is exported (controller.finalize() ends the transition)")
@@ -130,60 +130,13 @@ def export_model(controller: Controller, out: str | Path, timing_s: float = 1.0)
     return figures
 
 
-_NOTHING_TO_EXPORT = ("compression=none has nothing compressed to export; a dense run is saved in transformers "
+NOTHING_TO_EXPORT = ("compression=none has nothing compressed to export; a dense run is saved in transformers "
                       "format with save_pretrained=true")
 
 
 def check_target(out: Path) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ExportError(f"export target {out} is not empty; allowed: a new or empty folder (--out DIR)")
-
-
-def export_run(run_dir: str | Path, out: str | Path | None = None, timing_s: float = 1.0) -> dict[str, Any]:
-    """Export a run folder's final β = 0 model into ``out`` (default ``<run dir>/export``); the figures also go into
-    the run's ``results.json`` under ``export``."""
-    run_dir = Path(run_dir)
-    out = Path(out) if out is not None else run_dir / "export"
-    check_target(out)
-    config_file = run_dir / ".hydra" / "config.yaml"
-    if not config_file.is_file():
-        raise ExportError(f"{run_dir} is not a run folder: it has no .hydra/config.yaml")
-    from omegaconf import OmegaConf
-
-    from vcon import atomic, checkpoint, config, identity, model, results, targets
-
-    config.register()  # Hydra saves the config unresolved: ${asset:...} needs its resolver
-    cfg = OmegaConf.load(config_file)
-    compression = from_config(cfg.compression)
-    if compression.dense:
-        raise ExportError(_NOTHING_TO_EXPORT)
-    path = run_dir / checkpoint.FILENAME
-    if not path.is_file():
-        raise ExportError(f"{run_dir} has no {checkpoint.FILENAME}: the run has not reached β = 0")
-    try:
-        state = checkpoint.read(path)  # the last one only: an earlier one is not the run's final model
-    except checkpoint.Damaged as e:
-        raise ExportError(f"{e}; the run's own command writes it again, resuming from {checkpoint.PREVIOUS} if that "
-                          "one is intact") from e
-    if state["identity"] != identity.identity(cfg):
-        raise ExportError(f"{path} is a checkpoint of another run than {config_file} describes (foreign checkpoint)")
-    if state["controller"]["beta"] != 0:
-        raise ExportError(f"the run in {run_dir} is at β = {state['controller']['beta']:.4f}, not 0: only the fully "
-                          "compressed model can be exported; finish the run first (the same command resumes it)")
-    head = [v for v in state["model"].values() if v.dim() == 2][-1]  # the classifier: its rows are the classes
-    net = model.build(cfg.model, head.shape[0])
-    controller = compress_(net, compression, filter_fn=targets.from_config(net, cfg.target))  # one-shot: β = 0
-    try:
-        net.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise ExportError(f"{path} does not fit the model {run_dir}/.hydra/config.yaml builds (foreign "
-                          f"checkpoint): {str(e)[:300]}") from e
-    with atomic.said_when_full(out.parent, f"the export {out}", "nothing of it was kept (the run is as it was)"):
-        figures = export_model(controller, out, timing_s)
-    if (run_dir / "results.json").exists():
-        summary = json.loads((run_dir / "results.json").read_text())
-        results.write(summary | {"export": figures | {"folder": str(out)}}, run_dir)
-    return figures
 
 
 def dense_twin(net: nn.Module, names: list[str]) -> nn.Module:
@@ -236,7 +189,6 @@ def _tokens(loaded: nn.Module, names: list[str], inputs: dict[str, torch.Tensor]
 
 def _figures(net: nn.Module, compression: Compression, packs: dict[str, Packed], loaded: nn.Module, folder: Path,
              dense: nn.Module, timing_s: float) -> dict[str, Any]:
-    config = loaded.config
     one = model.example_inputs(loaded, 1)
     tokens = _tokens(loaded, list(packs), one)
     layer_bytes = sum(t.numel() * t.element_size() for p in packs.values() for t in p.tensors.values())
@@ -313,18 +265,3 @@ def table(figures: dict[str, Any], title: str) -> str:
                                                               for k, v in figures["runtime"].items())))
     lines = [title, "", "| | dense | exported |", "|---|---|---|"] + [f"| {a} | {b_} | {c} |" for a, b_, c in rows]
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="vcon-export", description="Export a finished run's β = 0 model into "
-                                     "real compressed storage, and measure it.")
-    parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--out", type=Path, default=None, help="a new or empty folder (default: <run dir>/export)")
-    parser.add_argument("--timing-s", type=float, default=1.0, help="seconds per latency measurement (0: none)")
-    args = parser.parse_args(argv)
-    try:
-        figures = export_run(args.run_dir, args.out, args.timing_s)
-    except VconError as e:
-        return say("vcon-export", e)
-    print(table(figures, f"Export of {args.run_dir} -> {args.out or args.run_dir / 'export'}"))
-    return 0

@@ -24,15 +24,15 @@ Not supported:
 * going back to a step before Q once a low-rank controller has dropped its originals (``train()`` again from
   scratch with the same controller, or resuming an earlier checkpoint): ``ValueError`` at the start of training.
 * low rank with several processes (DDP, FSDP, DeepSpeed): their wrappers keep the dropped parameters and the
-  Trainer never rebuilds them (``vcon.train`` does): ``ValueError`` at the start of training. Pruning and
+  Trainer never rebuilds them (``vcon.train.loop`` does): ``ValueError`` at the start of training. Pruning and
   quantization keep every parameter and are not concerned.
 """
 from __future__ import annotations
 
 from transformers import Trainer, TrainerCallback
 
-from vcon.blend import BlendedBranches
-from vcon.controller import Controller
+from vcon.core.controller import Controller
+from vcon.method.blend import BlendedBranches
 
 
 class VconCallback(TrainerCallback):
@@ -73,7 +73,7 @@ class VconCallback(TrainerCallback):
         branches = [m for m in self.controller.model.modules() if isinstance(m, BlendedBranches)]
         if branches and (args.world_size > 1 or args.deepspeed or args.fsdp):
             raise ValueError("vcon.hf: low rank under DDP/FSDP/DeepSpeed is not supported (their wrappers keep the "
-                             "original branches dropped at β = 0); use vcon.train or a single process")
+                             "original branches dropped at β = 0); use vcon.train.loop or a single process")
         # Here the Trainer has loaded the checkpoint's model and optimizer (when resuming): move β to its step.
         step, q = state.global_step, self.controller.schedule.q_steps
         if step != self.controller.steps:

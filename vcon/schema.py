@@ -2,9 +2,9 @@
 
 A schema is a dataclass whose fields are the keys of a config section, each declared with ``setting(allowed)``:
 ``integer(1)`` (an integer >= 1), ``number(above=0)``, ``one_of("auto", True, False)``, ``optional(integer(1),
-"all")`` and a few more below. The structured configs of ``vcon/config.py`` are such schemas; so are the
+"all")`` and a few more below. The structured configs of ``vcon/app/config.py`` are such schemas; so are the
 compressions and methods themselves (``Prune.ratio``) and the schema of each ``model`` and ``data`` option, beside
-its registry entry. ``vcon.config.validate`` walks a whole config against them; a dataclass built in Python checks
+its registry entry. ``vcon.app.config.validate`` walks a whole config against them; a dataclass built in Python checks
 its own fields with ``check_fields``. A refused value is one line: ``<key>=<value> is not allowed: expected
 <allowed>``.
 

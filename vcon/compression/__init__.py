@@ -2,8 +2,17 @@
 import importlib
 import pkgutil
 
-from vcon.compression.base import (REGISTRY, Compression, Footprint, ModuleCompression, Packed, WeightCompression,
-                                   from_config, register, to_config)
+from vcon.compression.base import (
+    REGISTRY,
+    Compression,
+    Footprint,
+    ModuleCompression,
+    Packed,
+    WeightCompression,
+    from_config,
+    register,
+    to_config,
+)
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")

@@ -20,8 +20,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from vcon.blend import Beta, BlendedBranches, BlendedLinear
 from vcon.errors import ConfigError, ExportError
+from vcon.method.blend import Beta, BlendedBranches, BlendedLinear
 
 REGISTRY: dict[str, type["Compression"]] = {}
 
@@ -80,7 +80,7 @@ class Compression:
         """Raise ``ConfigError`` if the settings cannot apply to these layers; called before any training."""
 
     def blend(self, linear: nn.Linear, beta: Beta, gradual: bool) -> nn.Module:
-        """The module that stands for ``linear`` while it is compressed (``vcon.blend.blend_``): blended with its
+        """The module that stands for ``linear`` while it is compressed (``vcon.method.blend.blend_``): blended with its
         compressed form at ``beta`` (VCON), or the compression grown in at strength ``1 − β`` (``gradual``)."""
         raise NotImplementedError
 
@@ -94,7 +94,7 @@ class Compression:
         return {}
 
     def pack(self, module: nn.Module) -> Packed:
-        """A finalized layer (``vcon.blend.finalize_``: the plain module a blended one is at β = 0) in its real
+        """A finalized layer (``vcon.method.blend.finalize_``: the plain module a blended one is at β = 0) in its real
         storage, lossless w.r.t. what it computes."""
         raise ExportError(f"compression={self.name} cannot be exported yet: it has no packed form")
 
@@ -119,7 +119,7 @@ class WeightCompression(Compression):
     def compress(self, weight: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
         """``C(W)``: the compressed weight, same shape and dtype. ``weight`` may be a stack of matrices (``(..., out,
         in)``), each compressed on its own. Called without autograd (gradients are straight-through). ``strength``
-        below 1 applies part of the compression (gradual compression: ``vcon/method.py``); 0 changes nothing."""
+        below 1 applies part of the compression (gradual compression: ``vcon/method/__init__.py``); 0 changes nothing."""
         raise NotImplementedError
 
     def compress_all(self, weights: list[torch.Tensor], strength: float = 1.0) -> list[torch.Tensor]:
@@ -193,9 +193,9 @@ class ModuleCompression(Compression):
         return self.grow_in(linear, beta) if gradual else BlendedBranches(linear, self.build(linear), beta)
 
     def grow_in(self, linear: nn.Linear, beta: Beta) -> nn.Module:
-        """The module that stands for ``linear`` under ``method=gradual`` (``vcon/method.py``): it grows this
-        compression in at strength ``1 − β`` (``beta``: the ``vcon.blend.Beta`` all layers share; low rank:
-        ``vcon.blend.GradualBranches``). A compression without a gradual form refuses here, before the model
+        """The module that stands for ``linear`` under ``method=gradual`` (``vcon/method/__init__.py``): it grows this
+        compression in at strength ``1 − β`` (``beta``: the ``vcon.method.blend.Beta`` all layers share; low rank:
+        ``vcon.method.blend.GradualBranches``). A compression without a gradual form refuses here, before the model
         changes."""
         raise ConfigError(f"method=gradual is not allowed with compression={self.name}: {type(self).__name__} has "
                           "no gradual form (ModuleCompression.grow_in); allowed: method=vcon")

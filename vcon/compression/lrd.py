@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import dataclasses
+
 import torch
 from torch import nn
 
-from vcon.blend import Beta, GradualBranches
 from vcon.compression.base import Footprint, ModuleCompression, Packed, register
 from vcon.errors import require
+from vcon.method.blend import Beta, GradualBranches
 from vcon.schema import check_fields, integer, number, setting
 
 

@@ -1,6 +1,6 @@
 """Batches on the training device: uint8 images in, normalised model-sized floats out (``train.augment``).
 
-RandAugment (``vcon/randaugment.py``: torchvision's, with per-image draws, batched) runs at the images' native size,
+RandAugment (``vcon/data/randaugment.py``: torchvision's, with per-image draws, batched) runs at the images' native size,
 before the resize to the model's, where it is 49 times cheaper at CIFAR's 32 px than at 224 px; the reference
 resizes first. Geometric and colour operations commute with the resize up to interpolation; Sharpness's 3x3 blur
 is the exception (at 224 px it barely changes an upsampled image). MixUp mixes the batch with a shuffled copy of
@@ -13,8 +13,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from vcon.data.randaugment import RandAugment
 from vcon.errors import require
-from vcon.randaugment import RandAugment
 
 
 class Pipeline:

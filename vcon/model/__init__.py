@@ -12,6 +12,8 @@ import torch
 from torch import nn
 
 from vcon import hub
+from vcon.data.augment import Pipeline
+from vcon.data.text import TextPipeline, tokenizer, tokenizer_name
 from vcon.errors import require
 from vcon.schema import MAPPING, integer, items, number, one_of, optional, setting, text
 
@@ -53,22 +55,16 @@ def _check_text(cfg: Any) -> None:
 
 
 def _image_pipeline(cfg: Any, net: nn.Module, num_classes: int, device: torch.device, compiled: bool) -> Any:
-    from vcon.augment import Pipeline
-
     return Pipeline(cfg.train.augment, net.config.image_size, net.config.num_channels, list(cfg.model.mean),
                     list(cfg.model.std), num_classes, device, compiled=compiled)
 
 
 def _text_pipeline(cfg: Any, net: nn.Module, num_classes: int, device: torch.device, compiled: bool) -> Any:
-    from vcon.text import TextPipeline, tokenizer
-
     return TextPipeline(tokenizer(tokenizer_name(cfg.model)).pad_token_id, num_classes, device)
 
 
 def _text_scratch(cfg: Any) -> dict[str, Any]:
     """A text model built from its config takes its tokenizer's vocabulary and padding token."""
-    from vcon.text import tokenizer
-
     tok = tokenizer(tokenizer_name(cfg))
     return {"vocab_size": len(tok), "pad_token_id": tok.pad_token_id}
 
@@ -108,10 +104,8 @@ def inputs(cfg: Any) -> str:
 
 
 def check(cfg: Any) -> None:
-    """Cheap checks of the ``model`` config: its keys against its schema, then how they fit together."""
-    from vcon.config import validate  # the Hydra side: imported where a config is checked, not with vcon
-
-    validate(cfg, "model")
+    """Cheap checks of the ``model`` config: how its keys fit together (each key against its schema is
+    ``vcon.app.config.validate``'s)."""
     key, what = (("pretrained", FOLDER_OR_HUB_ID.text) if cfg.source == "pretrained" else
                  ("config", "transformers' settings of the model, for AutoConfig.for_model"))
     require(cfg.get(key) is not None, f"model.{key}", cfg.get(key), f"{what} (model.source={cfg.source})")
@@ -121,11 +115,6 @@ def check(cfg: Any) -> None:
 def needs_hub(cfg: Any) -> bool:
     local = [cfg.get("tokenizer")] if cfg.source == "scratch" else [cfg.pretrained, cfg.get("tokenizer")]
     return any(name is not None and not Path(str(name)).expanduser().is_dir() for name in local)
-
-
-def tokenizer_name(cfg: Any) -> str:
-    """A text model's tokenizer: ``model.tokenizer``, else the pretrained model's own."""
-    return str(cfg.get("tokenizer") or cfg.pretrained)
 
 
 def example_inputs(model: nn.Module, batch: int) -> dict[str, torch.Tensor]:

@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from vcon import hub
-from vcon.data import HUB_ID, StreamedImages, held_out, loader
+from vcon.data.base import HUB_ID, StreamedImages, held_out, loader
 from vcon.errors import ConfigError, require
 from vcon.schema import optional, setting, text
 

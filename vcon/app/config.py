@@ -10,7 +10,7 @@ Typed here: the top level, ``train``, ``vcon`` (the β schedule), ``target`` and
 checks those groups against them; for OmegaConf they stay ``Any``. Every key, here and there, is declared with
 ``vcon.schema.setting``: what it allows, in one place.
 
-Run identities (``vcon.identity``) hash the resolved config, so a schema must not change a value's type: a ``float``
+Run identities (``vcon.app.identity``) hash the resolved config, so a schema must not change a value's type: a ``float``
 field turns the yaml's ``3`` into ``3.0`` and with it every run id (and every finished run would be trained again).
 So a key whose yaml value is an integer is an ``int`` when only integers make sense, and ``Any`` when fractions are
 allowed too (``vcon.epochs``, ``train.warmup_epochs``); ``float`` only where the yaml value is already a float. The
@@ -25,14 +25,30 @@ from typing import Any, List, Optional
 from omegaconf import MISSING, DictConfig, OmegaConf
 from torch import nn
 
-from vcon import lr_schedule, schedule, targets, tracking
+from vcon import schedule
+from vcon.app import tracking
 from vcon.compression import REGISTRY
+from vcon.core import targets
 from vcon.data import LOADERS
 from vcon.errors import ConfigError, require
 from vcon.method import METHODS
 from vcon.model import INPUTS, inputs
-from vcon.schema import (FLAG, Allowed, check_value, integer, items, number, one_of, optional, options, registered,
-                         setting, text)
+from vcon.schema import (
+    FLAG,
+    Allowed,
+    check_value,
+    integer,
+    items,
+    number,
+    one_of,
+    optional,
+    options,
+    registered,
+    setting,
+    text,
+)
+from vcon.shipped import SWEEPS
+from vcon.train import lr_schedule
 
 # Every field is MISSING here (setting()'s default): the values, and their comments, live in conf/*.yaml.
 
@@ -56,7 +72,7 @@ class AugmentConfig:
 
 @dataclass
 class TrainConfig:
-    """``conf/train/*.yaml`` (vcon/train.py, which also checks how the keys fit together)."""
+    """``conf/train/*.yaml`` (vcon/train/loop.py, which also checks how the keys fit together)."""
 
     epochs: int = setting(integer(1))
     batch_size: int = setting(integer(1))
@@ -112,7 +128,7 @@ PATTERN = text("a shell pattern")
 
 @dataclass
 class TargetConfig:
-    """``target`` in conf/config.yaml (vcon/targets.py)."""
+    """``target`` in conf/config.yaml (vcon/core/targets.py)."""
 
     within: str = setting(one_of(*targets.WITHIN))
     types: List[str] = setting(items(Allowed("", _nn_module), "a list of torch.nn module classes, e.g. [Linear]", 1))
@@ -134,7 +150,7 @@ class WandbConfig:
 
 @dataclass
 class TrackingConfig:
-    """``tracking`` in conf/config.yaml (vcon/tracking.py)."""
+    """``tracking`` in conf/config.yaml (vcon/app/tracking.py)."""
 
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
@@ -157,7 +173,7 @@ class Config:
     model: Any = options(lambda: {name: kind.schema for name, kind in INPUTS.items()}, "inputs", inputs)
     data: Any = options(lambda: {name: loader.schema for name, loader in LOADERS.items()})
     compression: Any = options(lambda: REGISTRY)  # the classes themselves, vcon/compression/<name>.py
-    method: Any = options(lambda: METHODS)  # likewise, vcon/method.py
+    method: Any = options(lambda: METHODS)  # likewise, vcon/method/__init__.py
 
 
 def validate(cfg: Any, section: str = "") -> None:
@@ -237,7 +253,7 @@ SCHEMAS = {
 
 
 def _run_id(*, _root_: Any) -> str:
-    from vcon.identity import run_id
+    from vcon.app.identity import run_id
 
     return run_id(_root_)
 
@@ -251,11 +267,11 @@ def register() -> None:
     from omegaconf import OmegaConf
 
     from vcon.model import asset
-    from vcon.sweep import register_sweeps
 
     OmegaConf.register_new_resolver("asset", asset, replace=True)
     OmegaConf.register_new_resolver("run_id", _run_id, replace=True)
     store = ConfigStore.instance()
     for name, (node, package) in SCHEMAS.items():
         store.store(name=name, node=node, package=package)
-    register_sweeps()
+    for path in sorted(SWEEPS.glob("*.yaml")):  # the ready sweeps, +sweeps=<name>
+        store.store(group="sweeps", name=path.stem, node=OmegaConf.load(path), package="_global_")

@@ -18,9 +18,10 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 
-from vcon import results, sweep
+from vcon.app import sweep
 from vcon.errors import VconError, say
 from vcon.schedule import Schedule, transition_length
+from vcon.train import results
 
 
 def load(path: Path) -> list[dict[str, Any]]:
@@ -49,7 +50,7 @@ def _by(runs: list[dict[str, Any]], key) -> dict[Any, list[dict[str, Any]]]:
 
 
 def _metric(runs: list[dict[str, Any]]) -> str:
-    """The headline metric's name (vcon/metrics.py), or all of them where the runs' data differ in it."""
+    """The headline metric's name (vcon/train/metrics.py), or all of them where the runs' data differ in it."""
     return " / ".join(sorted({results.headline(r["results"])[0] for r in runs})) or "accuracy"
 
 

@@ -1,15 +1,10 @@
-"""One VCON run (the ``train`` config group): check, build, resume, train epoch by epoch, evaluate, write results.
-
-Order matters for users: every setting is checked first, the hub is probed before anything is downloaded, and
-only then are data and model loaded. A run folder that holds a checkpoint is resumed from it, mid-epoch included;
-a finished one is not trained again. β is driven by the same ``Controller`` a user's own loop gets from
-``vcon.compress_``; the optimizer step itself is ``vcon/train_step.py``.
+"""Training one run (the ``train`` config group): build, resume, train epoch by epoch, evaluate, write results
+(``vcon.app.job`` checks the config and calls it). β is driven by the same ``Controller`` a user's own loop gets from
+``vcon.compress_``; the optimizer step itself is ``vcon/train/step.py``.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
 import logging
 import math
 import signal
@@ -23,76 +18,26 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from vcon import (checkpoint, data, distributed, hub, identity, metrics, model, results, schedule, targets, text,
-                  tracking)
-from vcon.augment import Pipeline
-from vcon.blend import BlendedBranches, block_gap
-from vcon.compression import Compression, from_config as compression_from_config
-from vcon.config import validate
-from vcon.controller import Controller, compress_
-from vcon.errors import ConfigError, Diverged, require
-from vcon.method import VCON, Gradual, Method, from_config as method_from_config
-from vcon.preemption import StopRequest
-from vcon.train_step import autocast_for, build_step, compiles, logits
+from vcon import data, model, schedule
+from vcon.compression import Compression
+from vcon.core import targets
+from vcon.core.controller import Controller, compress_
+from vcon.data import text
+from vcon.data.augment import Pipeline
+from vcon.errors import Diverged, require
+from vcon.method import VCON, Gradual, Method
+from vcon.method.blend import BlendedBranches, block_gap
+from vcon.train import checkpoint, distributed, metrics, results
+from vcon.train.preemption import StopRequest
+from vcon.train.step import autocast_for, build_step, compiles, logits
 
 log = logging.getLogger(__name__)
-
-
-def check(cfg: Any) -> tuple[Compression, Method]:
-    """Every cheap check of the whole config, before anything is loaded: each key against its schema
-    (``vcon.config.validate``), then how the keys fit together. Returns the compression and the method it describes."""
-    validate(cfg)
-    data.check(cfg.data)
-    model.check(cfg.model)
-    given, taken = data.inputs(cfg.data), model.inputs(cfg.model)
-    if given != taken:
-        allowed = sorted(name for name, loader in data.LOADERS.items() if loader.inputs == taken)
-        raise ConfigError(f"data={cfg.data.name} is not allowed with model={cfg.model.name}: the data is {given}, "
-                          f"the model takes {taken}; allowed data for it: {allowed}")
-    if taken == "text":
-        text.check_max_length(cfg.data, cfg.model)
-    targets.check(cfg.target)
-    compression, method = compression_from_config(cfg.compression), method_from_config(cfg.method)
-    if compression.dense and isinstance(method, Gradual):
-        raise ConfigError("method=gradual is not allowed with compression=none: nothing is compressed, so nothing "
-                          "can grow in; choose a compression (prune, quant, lrd, prune-quant) or method=vcon")
-    _check_train(cfg.train, cfg.data)
-    if cfg.save_pretrained and not compression.dense:
-        raise ConfigError(f"save_pretrained=true is not allowed with compression={compression.name}: only dense runs "
-                          "(compression=none) are saved in transformers format")
-    if cfg.get("export") and compression.dense:
-        raise ConfigError("export=true is not allowed with compression=none: nothing is compressed; use "
-                          "save_pretrained")
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device='cuda' is not allowed: no CUDA device is visible; use device=auto or device=cpu")
-    t = cfg.train
-    if t.cuda_graph is True and (cfg.device == "cpu" or not torch.cuda.is_available()):
-        raise ConfigError("train.cuda_graph=true is not allowed without a CUDA device (CUDA graphs replay GPU work); "
-                          "allowed here: auto or false")
-    if t.cuda_graph is True and isinstance(method, Gradual):
-        raise ConfigError("train.cuda_graph=true is not allowed with method=gradual: its strength changes the "
-                          "step's shapes at every step, which a replayed graph cannot follow; allowed: auto (off "
-                          "for gradual runs) or false")
-    return compression, method
-
-
-def _check_train(t: Any, data_cfg: Any) -> None:
-    """How the ``train`` keys fit together, and with the data (each key's own range is its schema's)."""
-    require(t.batch_size % t.grad_accum == 0, "train.batch_size", t.batch_size,
-            f"an integer >= 1 divisible by train.grad_accum={t.grad_accum}")
-    for key, images in (("train.epoch_size", t.epoch_size), ("data.train_size", data_cfg.get("train_size"))):
-        require(images is None or images >= t.batch_size, key, images,
-                f"null or at least train.batch_size={t.batch_size} examples (an epoch of whole batches)")
-    for key in ("min_lr", "warmup_start_lr"):
-        require(t[key] <= t.lr, f"train.{key}", t[key], f"a number in [0, train.lr={t.lr}]")
-    require(t.warmup_epochs <= t.epochs, "train.warmup_epochs", t.warmup_epochs,
-            f"a number of epochs in [0, train.epochs={t.epochs}]")
 
 
 @torch.no_grad()
 def evaluate(net: nn.Module, split: data.Split, pipeline: Any, batch_size: int, autocast: Callable,
              metric: str = "accuracy", world: distributed.World = distributed.SINGLE) -> dict[str, float]:
-    """Accuracy and the headline ``metric``, in percent (``vcon.metrics``); with several processes each takes a
+    """Accuracy and the headline ``metric``, in percent (``vcon.train.metrics``); with several processes each takes a
     contiguous share of the split."""
     was_training = net.training
     net.eval()
@@ -146,48 +91,6 @@ def build_model(cfg: Any, compression: Compression, num_classes: int, device: to
     return compress_target(cfg, net, compression, beta_schedule, method), pipeline
 
 
-def run(cfg: Any, run_dir: str | Path, on_epoch_end: Callable[[int], None] | None = None, run_name: str | None = None,
-        group: str | None = None) -> dict[str, Any] | None:
-    """Train the configured run in ``run_dir``; returns its results (also in ``results.json``) on the main process.
-    ``run_name`` and ``group`` name it for W&B (default: the folder's name, no group)."""
-    started = time.perf_counter()
-    run_dir = Path(run_dir)
-    compression, method = check(cfg)
-    if model.needs_hub(cfg.model):
-        hub.require_reachable(f"model {cfg.model.pretrained!r}")
-    if data.needs_hub(cfg.data):
-        hub.require_reachable(f"dataset {cfg.data.hub_id!r}")
-    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-    world = distributed.init(use_cuda)
-    require(cfg.train.batch_size % (world.size * cfg.train.grad_accum) == 0, "train.batch_size",
-            cfg.train.batch_size, f"divisible by processes x grad_accum = {world.size} x {cfg.train.grad_accum}")
-    if not world.main:
-        logging.getLogger("vcon").setLevel(logging.WARNING)
-    device = torch.device(f"cuda:{world.local_rank}" if use_cuda else "cpu")
-    if cfg.train.cuda_graph is True and world.size > 1:
-        raise ConfigError(f"train.cuda_graph=true is not allowed with {world.size} processes (a graph would capture "
-                          "DDP's collectives); allowed there: auto (off with several processes) or false")
-    with identity.exclusive(run_dir) if world.main else contextlib.nullcontext():
-        state = _checkpoint_of(cfg, run_dir)
-        if state is not None and state["finished"] and (run_dir / "results.json").exists():
-            log.info("%s already finished; results.json kept as it is", run_dir)
-            return json.loads((run_dir / "results.json").read_text()) if world.main else None
-        training = Training(cfg, run_dir, compression, method, device, world, state)
-        training.fit(on_epoch_end, run_name or run_dir.name, group)
-        return training.finish(started)
-
-
-def _checkpoint_of(cfg: Any, run_dir: Path) -> dict[str, Any] | None:
-    """The run folder's checkpoint, if any; refused when it belongs to another configuration."""
-    state = checkpoint.load(run_dir)
-    ident = identity.identity(cfg)
-    if state is not None and state["identity"] != ident:
-        differs = sorted(k for k in set(ident) | set(state["identity"]) if state["identity"].get(k) != ident.get(k))
-        raise ConfigError(f"{run_dir} holds a checkpoint of another run (differs in {differs}); choose a new "
-                          "run dir (hydra.run.dir=...) or the same settings to resume it")
-    return state
-
-
 def epoch_batches(split: data.Split, seed: int, epoch: int, images: int, batch_size: int, start: int = 0,
                   world: distributed.World = distributed.SINGLE) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Epoch ``epoch``'s whole batches of ``images`` examples of ``split``, from batch ``start`` on, this process's
@@ -203,9 +106,10 @@ def epoch_batches(split: data.Split, seed: int, epoch: int, images: int, batch_s
 class Training:
     """One run from its build to its results: data, model and controller, optimizer step, progress, tracking."""
 
-    def __init__(self, cfg: Any, run_dir: Path, compression: Compression, method: Method, device: torch.device,
-                 world: distributed.World, state: dict[str, Any] | None) -> None:
+    def __init__(self, cfg: Any, run_dir: Path, identity: dict[str, Any], compression: Compression, method: Method,
+                 device: torch.device, world: distributed.World, state: dict[str, Any] | None) -> None:
         self.cfg, self.t, self.run_dir, self.device, self.world = cfg, cfg.train, run_dir, device, world
+        self.identity = identity  # what the run computes (vcon.app.identity), saved in every checkpoint
         # data: a seeded order per epoch over `epoch_images` of the training split
         checkpoint.seed_everything(cfg.seed + world.rank)
         self.dataset = data.load(cfg.data, cfg.model).to(device)  # on a GPU, batches are then gathered there: no copies
@@ -265,17 +169,17 @@ class Training:
     def save(self, finished: bool) -> None:
         rng = distributed.gather(checkpoint.rng_state(), self.world)
         if self.world.main:
-            checkpoint.save({"identity": identity.identity(self.cfg), "progress": dataclasses.asdict(self.progress),
+            checkpoint.save({"identity": self.identity, "progress": dataclasses.asdict(self.progress),
                              "controller": self.controller.state_dict(), "model": self.net.state_dict(),
                              "optimizer": self.step.optimizer.state_dict(),
                              "lr_schedule": self.step.lr_schedule.state_dict(), "rng": rng,
                              "dense_test": self.dense, "finished": finished}, self.run_dir)
         distributed.barrier(self.world)
 
-    def fit(self, on_epoch_end: Callable[[int], None] | None, run_name: str, group: str | None) -> None:
-        """Train epoch by epoch to the end; a stop signal saves a checkpoint and leaves (``StopRequest``)."""
-        self.tracker = (tracking.Tracker(self.cfg, self.run_dir, run_name, group, self.progress.step if self.resumed
-                                         else None) if self.world.main else None)
+    def fit(self, tracker: Any, on_epoch_end: Callable[[int], None] | None = None) -> None:
+        """Train epoch by epoch to the end; a stop signal saves a checkpoint and leaves (``StopRequest``).
+        ``tracker``: where the main process logs (``vcon.app.tracking.Tracker``; None on the others)."""
+        self.tracker = tracker
         try:
             self.step.wrapped = self.parallel()
             self.last_save = time.monotonic()
@@ -419,7 +323,7 @@ class Training:
         self.tracker.finish(test | {f"compression/{k}": v for k, v in figures.items() if k != "name"})
         last = self.progress.history[-1]
         summary = {
-            "metric": self.dataset.metric,  # the headline: test_metric where it is not accuracy (vcon/metrics.py)
+            "metric": self.dataset.metric,  # the headline: test_metric where it is not accuracy (vcon/train/metrics.py)
             **test,
             "val_acc": last["val_acc_compressed"],
             **({"val_metric": last["val_metric_compressed"]} if "val_metric_compressed" in last else {}),
@@ -437,7 +341,7 @@ class Training:
         if self.cfg.save_pretrained:
             self.net.save_pretrained(self.run_dir / "pretrained")
             if model.inputs(self.cfg.model) == "text":  # the tokenizer goes with it
-                text.tokenizer(model.tokenizer_name(self.cfg.model)).save_pretrained(self.run_dir / "pretrained")
+                text.tokenizer(text.tokenizer_name(self.cfg.model)).save_pretrained(self.run_dir / "pretrained")
         results.write(summary, self.run_dir)
         if self.cfg.get("export"):  # real compressed storage of the β = 0 model, its figures added to results.json
             from vcon import export

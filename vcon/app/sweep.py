@@ -11,36 +11,18 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from hydra.core.config_store import ConfigStore
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
-from vcon import config
+from vcon.app import config
+from vcon.app.identity import identity
 from vcon.atomic import write_atomic
 from vcon.compression import from_config
 from vcon.errors import ConfigError
-from vcon.identity import identity
-from vcon.method import VCON, from_config as method_from_config
-from vcon.results import headline
+from vcon.method import VCON
+from vcon.method import from_config as method_from_config
 from vcon.schedule import transition_length
-
-
-def shipped(folder: str) -> Path:
-    """``conf`` or ``sweeps``: the repository's top-level folder in a checkout (an editable install), the copy a
-    wheel carries inside the package as ``vcon/_<folder>`` (pyproject.toml maps it there) in any other install. A
-    plain path, as for the model assets: Hydra and ``from_pretrained`` read folders, not zip members."""
-    packaged = Path(__file__).resolve().parent / f"_{folder}"
-    return packaged if packaged.is_dir() else packaged.parents[1] / folder
-
-
-CONF, SWEEPS = shipped("conf"), shipped("sweeps")
-
-
-def register_sweeps() -> None:
-    """Make every ``sweeps/<name>.yaml`` the config ``+sweeps=<name>``, from any working directory. (Adding the
-    repository root to Hydra's search path instead would turn every top-level folder into a config group.)"""
-    for path in sorted(SWEEPS.glob("*.yaml")):
-        ConfigStore.instance().store(group="sweeps", name=path.stem, node=OmegaConf.load(path), package="_global_")
+from vcon.train.results import headline
 
 
 def describe(ident: dict[str, Any]) -> tuple[str, str]:

@@ -1,5 +1,5 @@
 """One optimizer step of a run, on the training device, and how the ``train`` recipe sets it up: AdamW, the LR
-schedule, bf16 autocast, ``torch.compile`` of the blocks, CUDA graphs. ``vcon/train.py`` trains through ``Step``,
+schedule, bf16 autocast, ``torch.compile`` of the blocks, CUDA graphs. ``vcon/train/loop.py`` trains through ``Step``,
 and ``bench/train_speed.py`` times it, so the benchmark measures the code that trains."""
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vcon import distributed, lr_schedule, targets
-from vcon.augment import Pipeline
-from vcon.blend import Beta
-from vcon.cuda_graph import CapturedStep
+from vcon.core import targets
+from vcon.data.augment import Pipeline
+from vcon.method.blend import Beta
+from vcon.train import distributed, lr_schedule
+from vcon.train.cuda_graph import CapturedStep
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def compile_blocks(net: nn.Module) -> int:
     """``torch.compile`` each repeated block (regional compilation): the blocks share one compiled graph, so
     compiling takes seconds, not the minutes a whole-model compile takes, and fuses the element-wise work around
     the matmuls, the weight blends included (the compressed weights themselves are computed before the model's
-    forward, all layers at once: ``vcon.blend``). Returns the number of blocks."""
+    forward, all layers at once: ``vcon.method.blend``). Returns the number of blocks."""
     blocks = [block for name in targets.block_lists(net) for block in net.get_submodule(name)]
     for block in blocks:
         block.compile()

@@ -23,10 +23,11 @@ from typing import Any, Sequence
 
 import torch
 
-from vcon import hub, model
-from vcon.data import HUB_ID, DataConfig, Split, held_out, loader
+from vcon import hub
+from vcon.data.base import HUB_ID, DataConfig, Split, held_out, loader
 from vcon.errors import ConfigError, require
 from vcon.schema import FLAG, integer, items, one_of, setting, text
+from vcon.shipped import CONF
 
 log = logging.getLogger(__name__)
 PAD = -1
@@ -107,6 +108,11 @@ class TextPipeline:
 
 
 @functools.cache
+def tokenizer_name(model_cfg: Any) -> str:
+    """A text model's tokenizer: ``model.tokenizer``, else the pretrained model's own."""
+    return str(model_cfg.get("tokenizer") or model_cfg.pretrained)
+
+
 def tokenizer(name: str) -> Any:
     """The tokenizer at ``name`` (a folder in ``save_pretrained`` format, or a hub id: the cache, else the hub)."""
     from transformers import AutoTokenizer
@@ -167,7 +173,7 @@ def check_max_length(data_cfg: Any, model_cfg: Any) -> None:
 def _glue(cfg: Any, model_cfg: Any) -> tuple[Split, Split]:
     task = GLUE[cfg.task]
     ds = hub.load_dataset(cfg.hub_id, task.subset or cfg.task)
-    tok = tokenizer(model.tokenizer_name(model_cfg))
+    tok = tokenizer(tokenizer_name(model_cfg))
 
     def split(name: str) -> TokenSplit:
         rows = ds[name]
@@ -208,7 +214,7 @@ def _text_files(cfg: Any, model_cfg: Any) -> tuple[Split, Split]:
         raise ConfigError(f"{files['test']} has label(s) {unknown[:10]} in column {cfg.label_column!r} that "
                           f"{files['train']} lacks; allowed: the training file's labels {names[:10]}")
     number = {name: i for i, name in enumerate(names)}
-    tok = tokenizer(model.tokenizer_name(model_cfg))
+    tok = tokenizer(tokenizer_name(model_cfg))
 
     def split(rows: Any) -> TokenSplit:
         return tokenize([rows[c] for c in cfg.text_columns], [number[str(v)] for v in rows[cfg.label_column]], tok,
@@ -252,7 +258,7 @@ def rotten_tomatoes(cfg: Any) -> tuple[list[str], list[int], list[str], list[int
         schema=RottenTomatoes)
 def _rotten_tomatoes(cfg: Any, model_cfg: Any) -> tuple[Split, Split]:
     train_texts, train_labels, test_texts, test_labels = rotten_tomatoes(cfg)
-    tok = tokenizer(model.tokenizer_name(model_cfg))
+    tok = tokenizer(tokenizer_name(model_cfg))
     return (tokenize([train_texts], train_labels, tok, cfg.max_length, cfg.group_by_length),
             tokenize([test_texts], test_labels, tok, cfg.max_length, cfg.group_by_length))
 
@@ -273,7 +279,7 @@ def train_tokenizer(texts: Sequence[str], folder: str | Path, vocab_size: int) -
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m vcon.text <folder> [--vocab-size N]``: the tokenizer of the shipped bert-micro, learnt from the
+    """``python -m vcon.data.text <folder> [--vocab-size N]``: the tokenizer of the shipped bert-micro, learnt from the
     training sentences of data=rotten-tomatoes (its test split left out)."""
     import argparse
 
@@ -283,7 +289,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("folder")
     parser.add_argument("--vocab-size", type=int, default=4096)
     args = parser.parse_args(argv)
-    cfg = OmegaConf.load(Path(__file__).parents[1] / "conf" / "data" / "rotten-tomatoes.yaml")
+    cfg = OmegaConf.load(CONF / "data" / "rotten-tomatoes.yaml")
     tok = train_tokenizer(rotten_tomatoes(cfg)[0], args.folder, args.vocab_size)
     print(f"{args.folder}: a WordPiece tokenizer of {len(tok)} tokens")
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-WANDB_MODES = ("offline", "online", "disabled")  # tracking.wandb.mode (vcon/config.py)
+WANDB_MODES = ("offline", "online", "disabled")  # tracking.wandb.mode (vcon/app/config.py)
 
 
 class Tracker:

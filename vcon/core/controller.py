@@ -1,6 +1,6 @@
 """The library verb: ``compress_(model, compression, schedule=..., filter_fn=..., method=...)`` puts every chosen
 block of any ``nn.Module`` beside its compressed form and returns the ``Controller`` that fades the originals out
-(VCON), or that grows the compression in (``method=Gradual()``, the iterative baseline: ``vcon/method.py``).
+(VCON), or that grows the compression in (``method=Gradual()``, the iterative baseline: ``vcon/method/__init__.py``).
 
 Any training loop drives VCON with one call after each optimizer step::
 
@@ -12,7 +12,7 @@ Any training loop drives VCON with one call after each optimizer step::
         optimizer.zero_grad()
         controller.step(optimizer)     # β for the next step; at β = 0 the originals leave model and optimizer
 
-``vcon.train`` (``run.py``), ``vcon.export`` and the Hugging Face ``Trainer`` callback (``vcon.hf``) drive it in
+``vcon.train.loop`` (``run.py``), ``vcon.export`` and the Hugging Face ``Trainer`` callback (``vcon.hf``) drive it in
 exactly this way: there is one way to drive VCON.
 """
 from __future__ import annotations
@@ -22,11 +22,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from vcon import results, targets
-from vcon.blend import Beta, GradualBranches, blend_, drop_originals, finalize_, original_shape
 from vcon.compression import Compression, to_config
+from vcon.core import figures, targets
 from vcon.errors import ExportError
 from vcon.method import VCON, Gradual, Method
+from vcon.method.blend import Beta, GradualBranches, blend_, drop_originals, finalize_, original_shape
 from vcon.schedule import ONE_SHOT, Schedule
 
 
@@ -131,7 +131,7 @@ class Controller:
 
     def figures(self) -> dict[str, Any]:
         """Storage figures of the compressed layers at β = 0 (parameters, bits per weight, zeros)."""
-        return results.figures(self.model, self.compression, self.names)
+        return figures.figures(self.model, self.compression, self.names)
 
     def __repr__(self) -> str:
         return (f"Controller({self.compression.describe()}, {len(self.names)} modules, step {self.steps} of "
@@ -161,7 +161,7 @@ def _refuse_save_pretrained_of_factors(model: nn.Module, names: list[str]) -> No
 def compress_(model: nn.Module, compression: Compression, *, schedule: Schedule = ONE_SHOT,
               filter_fn: targets.FilterFn | None = None, method: Method = VCON) -> Controller:
     """Blend every module that ``filter_fn(module, name)`` picks (default: every ``nn.Linear`` inside the model's
-    repeated blocks, ``vcon.targets.in_blocks``) with its ``compression``, in place, at β = ``schedule.beta(0)``
+    repeated blocks, ``vcon.core.targets.in_blocks``) with its ``compression``, in place, at β = ``schedule.beta(0)``
     (1 for a transition, 0 for one-shot: the default schedule), as ``method`` blends (VCON, or ``Gradual()``).
     Returns the controller that moves β."""
     chosen = targets.matching(model, filter_fn or targets.in_blocks(model))

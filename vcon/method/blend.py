@@ -2,7 +2,7 @@
 compressed form (``vcon.compress_`` is the verb users call; it chooses the names and drives β).
 
 With VCON each targeted module computes ``β·f(x) + (1−β)·g(x)``; with gradual compression it computes ``g`` at
-strength ``1 − β`` (``vcon/method.py``). One β is shared by the whole model (``Beta``), which the controller moves
+strength ``1 − β`` (``vcon/method/__init__.py``). One β is shared by the whole model (``Beta``), which the controller moves
 from 1 to 0 along the schedule.
 """
 from __future__ import annotations
@@ -249,7 +249,7 @@ def strength(beta: Beta, gradual: bool) -> float:
 
 def blend_(model: nn.Module, compression: Blending, names: list[str], beta: Beta | None = None,
            method: Method = VCON) -> Beta:
-    """Replace each module in ``names`` (chosen by ``vcon.targets``) by its blend with its compressed form, as
+    """Replace each module in ``names`` (chosen by ``vcon.core.targets``) by its blend with its compressed form, as
     ``method`` blends. Returns the β that drives them all. The dense baseline (``compression=none``) wraps
     nothing."""
     if beta is None:

@@ -1,5 +1,5 @@
 """Datasets as in-memory tensors with fixed validation and test splits (the ``data`` config group): images as uint8
-here, texts as token ids (``vcon/text.py``).
+here, texts as token ids (``vcon/data/text.py``).
 
 Whole datasets of this size (Fashion-MNIST 47 MB, CIFAR 150 MB, MNLI's 393k pairs as 128 int32 ids: 200 MB) fit in
 memory, so batches are gathered by index and prepared on the training device; no DataLoader workers, and the data
@@ -8,17 +8,13 @@ order is a seeded permutation per epoch that a resumed run can replay exactly.
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import logging
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import numpy as np
 import torch
 
-from vcon import hub
-from vcon.errors import ConfigError, require
-from vcon.schema import integer, one_of, optional, setting, text
+from vcon.errors import require
+from vcon.schema import integer, one_of, optional, registered, setting, text
 
 log = logging.getLogger(__name__)
 KEY = text("a column of the dataset")
@@ -55,7 +51,7 @@ class FashionMnist(HubImages):
 
 @dataclasses.dataclass
 class StreamedImages(Images):
-    """Images that may be streamed from disk (vcon/stream.py): crops of ``image_size``, read by ``workers``."""
+    """Images that may be streamed from disk (vcon/data/stream.py): crops of ``image_size``, read by ``workers``."""
 
     image_size: int = setting(integer(1, means="pixels"))
     workers: int = setting(integer(0, means="0: decode in the training process"))
@@ -72,7 +68,7 @@ class ImageFolder(StreamedImages):
 class Split:
     inputs: torch.Tensor  # images: uint8, N x C x H x W
     labels: torch.Tensor  # int64, N
-    streamed = False  # held in memory (vcon/stream.py streams from disk)
+    streamed = False  # held in memory (vcon/data/stream.py streams from disk)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -103,7 +99,7 @@ class Split:
                 last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(inputs, labels) of the whole batches of ``order`` from batch ``start`` on (``last``: and the partial
         one at the end); with several processes, this process's share of each. ``salt`` seeds per-example
-        randomness where a source has any (a streamed one's crops, ``vcon/stream.py``), so that a resumed epoch
+        randomness where a source has any (a streamed one's crops, ``vcon/data/stream.py``), so that a resumed epoch
         reads exactly what an uninterrupted one would."""
         rank, size = (world.rank, world.size) if world is not None else (0, 1)
         end = len(order) if last else len(order) - batch_size + 1
@@ -118,7 +114,7 @@ class Dataset:
     val: Split
     test: Split
     num_classes: int
-    metric: str = "accuracy"  # the headline metric (vcon/metrics.py)
+    metric: str = "accuracy"  # the headline metric (vcon/train/metrics.py)
 
     def to(self, device: torch.device) -> "Dataset":
         """The whole dataset on ``device`` (uint8: CIFAR-10 takes 184 MB of a GPU's memory); CPU runs keep it."""
@@ -152,12 +148,8 @@ def loader(name: str, **kwargs: Any):
 
 
 def check(cfg: Any) -> None:
-    """Cheap checks of the ``data`` config, before anything is loaded: its keys against its loader's schema, then the
-    loader's own checks (its files are there)."""
-    from vcon.config import validate  # the Hydra side: imported where a config is checked, not with vcon
-
-    validate(cfg, "data")
-    LOADERS[cfg.name].check(cfg)
+    """Cheap checks of the ``data`` config, before anything is loaded: the loader's own checks (its files are there). Each key against its schema is ``vcon.app.config.validate``'s."""
+    registered(LOADERS, "data.name", cfg.name).check(cfg)
 
 
 def inputs(cfg: Any) -> str:
@@ -188,61 +180,6 @@ def load(cfg: Any, model_cfg: Any = None) -> Dataset:
     return Dataset(train, val, test, num_classes, LOADERS[cfg.name].metric(cfg))
 
 
-def _read_idx(path: Path) -> np.ndarray:
-    """An IDX file (the MNIST format): magic with the number of dimensions, big-endian sizes, then uint8 data."""
-    with gzip.open(path, "rb") as f:
-        raw = f.read()
-    ndim = raw[3]
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
-
-
-def _fashion_mnist_missing(cfg: Any) -> bool:
-    return not (Path(cfg.root) / "train-images-idx3-ubyte.gz").exists()
-
-
-def _check_imagefolder(cfg: Any) -> None:
-    path = Path(str(cfg.path)).expanduser()
-    if not (path / "train").is_dir():
-        raise ConfigError(f"data.path={str(cfg.path)!r} is not allowed: expected a folder holding train/<class>/"
-                          f"*.png|jpg (and optionally test/<class>/...); {path / 'train'} does not exist")
-
-
-@loader("fashion-mnist", needs_hub=_fashion_mnist_missing, schema=FashionMnist)
-def _fashion_mnist(cfg: Any, model_cfg: Any = None) -> tuple[Split, Split]:
-    root = Path(cfg.root)
-    if not _fashion_mnist_missing(cfg):
-        def split(prefix: str) -> Split:
-            images = _read_idx(root / f"{prefix}-images-idx3-ubyte.gz")
-            labels = _read_idx(root / f"{prefix}-labels-idx1-ubyte.gz")
-            return Split(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)))
-        return split("train"), split("t10k")
-    log.info("%s has no Fashion-MNIST IDX files (apt-get install dataset-fashion-mnist); using the hub", root)
-    return _from_hub(cfg)
-
-
-@loader("cifar10", schema=HubImages)
-@loader("cifar100", schema=HubImages)
-def _from_hub(cfg: Any, model_cfg: Any = None) -> tuple[Split, Split]:
-    ds = hub.load_dataset(cfg.hub_id)
-    return _to_split(ds["train"], cfg), _to_split(ds["test"], cfg)
-
-
-@loader("imagefolder", check=_check_imagefolder, needs_hub=lambda cfg: False, schema=ImageFolder)
-def _imagefolder(cfg: Any, model_cfg: Any = None) -> tuple[Split, Split]:
-    import datasets  # a local folder never touches the hub
-
-    if stream.streams(cfg):
-        return stream.folder(cfg)
-
-    ds = datasets.load_dataset("imagefolder", data_dir=str(Path(str(cfg.path)).expanduser()))
-    train = _to_split(ds["train"], cfg)
-    if "test" in ds:
-        return train, _to_split(ds["test"], cfg)
-    kept, held = held_out(len(train), cfg)
-    return train.subset(kept), train.subset(held)
-
-
 def held_out(count: int, cfg: Any, size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """For data without a test split: a fixed test split of ``size`` (default ``val_size``) examples, chosen by
     ``split_seed + 1`` (the validation split is then chosen from the rest by ``split_seed``). Returns (train, test)
@@ -250,22 +187,3 @@ def held_out(count: int, cfg: Any, size: int | None = None) -> tuple[torch.Tenso
     size = cfg.val_size if size is None else size
     order = torch.randperm(count, generator=torch.Generator().manual_seed(cfg.split_seed + 1))
     return order[size:], order[:size]
-
-
-def _to_split(ds: Any, cfg: Any) -> Split:
-    """A Hugging Face image dataset as uint8 tensors, images brought to ``cfg.image_size`` if set (they must share
-    one size to be stacked)."""
-    image_key, label_key = cfg.image_key, cfg.label_key
-    size = cfg.get("image_size")
-    images, labels = [], []
-    for row in ds:
-        image = row[image_key]
-        if size is not None and image.size != (size, size):
-            image = image.resize((size, size))
-        array = np.asarray(image.convert("L" if image.mode in ("L", "1", "I") else "RGB"))
-        images.append(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
-        labels.append(row[label_key])
-    return Split(torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.int64))
-
-
-from vcon import stream, text  # noqa: E402  the streamed (data=imagenet) and text datasets join LOADERS
