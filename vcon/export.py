@@ -34,7 +34,8 @@ import torch
 from torch import nn
 
 from vcon import model
-from vcon.compression import Compression, Packed, from_config, to_config
+from vcon.compression import Packed, from_config, to_config
+from vcon.compression.recipe import config_of
 from vcon.core.controller import Controller
 from vcon.errors import ExportError
 from vcon.method.blend import finalize_, plain_linear
@@ -59,9 +60,10 @@ def load(folder: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     with torch.device("meta"):  # a skeleton: the dense matrices of the compressed layers are never allocated
         model = architecture(config)
     tensors = load_file(folder / WEIGHTS)
-    compression = from_config(spec["compression"])
     for name, meta in spec["layers"].items():
         own = {key[len(name) + 1:]: tensors.pop(key) for key in list(tensors) if key.startswith(name + ".")}
+        meta = dict(meta)  # version 2: each layer names its compression (a recipe's groups differ); 1: one for all
+        compression = from_config(meta.pop("compression", None) or spec["compression"])
         model.set_submodule(name, compression.unpack(Packed(own, meta, 0, 0)))
     for name in {n for n, _ in model.named_buffers()} - set(model.state_dict()):  # not in a state dict
         owner, _, leaf = name.rpartition(".")
@@ -97,21 +99,23 @@ def export_model(controller: Controller, out: str | Path, timing_s: float = 1.0)
 
     out = Path(out)
     check_target(out)
-    compression, names = controller.compression, controller.names
-    if compression.dense:
+    names = controller.names
+    if controller.dense:
         raise ExportError(NOTHING_TO_EXPORT)
     if controller.beta.value != 0:
         raise ExportError(f"the model is at β = {controller.beta.value:.4f}, not 0: only the fully compressed model "
                           "is exported (controller.finalize() ends the transition)")
     net = copy.deepcopy(controller.model).cpu().eval()
     finalize_(net, names)  # plain layers and no hooks: the copy computes its own β = 0 model, and alone
-    packs = {name: compression.pack(net.get_submodule(name)) for name in names}
+    packs = {name: controller.compression_of(name).pack(net.get_submodule(name)) for name in names}
     state = net.state_dict()  # and the buffers it leaves out (BERT's position ids), which a skeleton cannot rebuild
     tensors = {k: v for k, v in [*state.items(), *((n, b) for n, b in net.named_buffers() if n not in state)]
                if not any(k.startswith(n + ".") for n in names)}
     tensors |= {f"{name}.{k}": v for name, p in packs.items() for k, v in p.tensors.items()}
     config = net.config.to_dict() | {"architectures": [type(net).__name__], KEY: {
-        "version": 1, "compression": to_config(compression), "layers": {name: p.meta for name, p in packs.items()}}}
+        "version": 2, "compression": config_of(controller.compression),
+        "layers": {name: p.meta | {"compression": to_config(controller.compression_of(name))}
+                   for name, p in packs.items()}}}
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -120,7 +124,8 @@ def export_model(controller: Controller, out: str | Path, timing_s: float = 1.0)
         save_file({k: v.detach().contiguous().clone() for k, v in tensors.items()}, tmp / WEIGHTS,
                   metadata={"format": "pt"})
         loaded = load(tmp)
-        figures = _figures(net, compression, packs, loaded, tmp, dense_twin(net, names), timing_s)
+        figures = _figures(net, config_of(controller.compression), packs, loaded, tmp, dense_twin(net, names),
+                           timing_s)
         (tmp / FIGURES).write_text(json.dumps(figures, indent=2))
         if out.exists():
             out.rmdir()  # checked empty above
@@ -187,8 +192,8 @@ def _tokens(loaded: nn.Module, names: list[str], inputs: dict[str, torch.Tensor]
     return seen
 
 
-def _figures(net: nn.Module, compression: Compression, packs: dict[str, Packed], loaded: nn.Module, folder: Path,
-             dense: nn.Module, timing_s: float) -> dict[str, Any]:
+def _figures(net: nn.Module, compression: dict[str, Any], packs: dict[str, Packed], loaded: nn.Module,
+             folder: Path, dense: nn.Module, timing_s: float) -> dict[str, Any]:
     one = model.example_inputs(loaded, 1)
     tokens = _tokens(loaded, list(packs), one)
     layer_bytes = sum(t.numel() * t.element_size() for p in packs.values() for t in p.tensors.values())
@@ -208,7 +213,7 @@ def _figures(net: nn.Module, compression: Compression, packs: dict[str, Packed],
     with torch.inference_mode():
         diff = float((loaded(**one).logits - net(**one).logits).abs().max())
     figures: dict[str, Any] = {
-        "compression": to_config(compression),
+        "compression": compression,
         "layers": len(packs),
         "storage": storage,  # per layer: how positions and values are coded
         "runtime": runtimes,  # per runtime module: how it computes

@@ -75,7 +75,7 @@ class VconCallback(TrainerCallback):
             raise ValueError("vcon.hf: low rank under DDP/FSDP/DeepSpeed is not supported (their wrappers keep the "
                              "original branches dropped at β = 0); use vcon.train.loop or a single process")
         # Here the Trainer has loaded the checkpoint's model and optimizer (when resuming): move β to its step.
-        step, q = state.global_step, self.controller.schedule.q_steps
+        step, q = state.global_step, self.controller.q_steps
         if step != self.controller.steps:
             if step < q and any(m.original is None for m in branches):
                 raise ValueError(f"this controller has dropped its original branches (β = 0 at step "

@@ -53,25 +53,26 @@ def transition_length(cfg: Any) -> tuple[float, str]:
     return cfg["epochs"], "epochs"
 
 
-def from_config(cfg: Any, steps_per_epoch: int, total_steps: int) -> Schedule:
-    """Build the schedule from ``vcon`` settings. Q in epochs is converted to optimizer steps (``steps_per_epoch``
-    already counts gradient accumulation)."""
-    require(cfg.shape in SHAPES, "vcon.shape", cfg.shape, f"one of {sorted(SHAPES)}")
+def from_config(cfg: Any, steps_per_epoch: int, total_steps: int, key: str = "vcon") -> Schedule:
+    """Build the schedule from ``vcon`` settings (``key``: where they are, for messages; a recipe's group has its
+    own). Q in epochs is converted to optimizer steps (``steps_per_epoch`` already counts gradient accumulation)."""
+    shape = cfg["shape"]
+    require(shape in SHAPES, f"{key}.shape", shape, f"one of {sorted(SHAPES)}")
     q, unit = transition_length(cfg)
     if unit == "steps":
-        require(isinstance(q, int) and q >= 0, "vcon.steps", q, "an integer >= 0")
+        require(isinstance(q, int) and q >= 0, f"{key}.steps", q, "an integer >= 0")
         q_steps = q
     else:
-        require(isinstance(q, (int, float)) and q >= 0, "vcon.epochs", q,
+        require(isinstance(q, (int, float)) and q >= 0, f"{key}.epochs", q,
                 "a number of epochs >= 0 (0 is one-shot compression)")
         q_steps = round(q * steps_per_epoch)
         if q > 0 and q_steps == 0:  # a transition of no step is one-shot compression, whatever it is called
-            raise ConfigError(f"vcon.epochs={q} is {q * steps_per_epoch:.3g} of the {steps_per_epoch} optimizer steps "
+            raise ConfigError(f"{key}.epochs={q} is {q * steps_per_epoch:.3g} of the {steps_per_epoch} optimizer steps "
                               "an epoch, which rounds to no step; allowed: vcon.epochs=0 for one-shot compression, "
                               f"or at least {1 / steps_per_epoch:.3g} (one step) for VCON")
     if q_steps > total_steps:
-        raise ConfigError(f"vcon.{unit}={q} is {q_steps} optimizer steps, longer than the run's {total_steps} "
+        raise ConfigError(f"{key}.{unit}={q} is {q_steps} optimizer steps, longer than the run's {total_steps} "
                           f"({total_steps // max(steps_per_epoch, 1)} epochs of {steps_per_epoch}); "
                           "allowed: at most the run's length (raise train.epochs or lower Q)")
-    params = {k: cfg[k] for k in _PARAMS.get(cfg.shape, ()) if cfg.get(k) is not None}
-    return Schedule(cfg.shape, q_steps, params)
+    params = {k: cfg[k] for k in _PARAMS.get(shape, ()) if cfg.get(k) is not None}
+    return Schedule(shape, q_steps, params)

@@ -22,9 +22,10 @@ from vcon.app.config import validate
 from vcon.compression import Compression
 from vcon.compression import from_config as compression_from_config
 from vcon.core import targets
+from vcon.core.controller import plan
 from vcon.data import text
 from vcon.errors import ConfigError, require
-from vcon.method import Gradual, Method
+from vcon.method import Method
 from vcon.method import from_config as method_from_config
 from vcon.train import checkpoint, distributed
 from vcon.train.loop import Training
@@ -47,9 +48,10 @@ def check(cfg: Any) -> tuple[Compression, Method]:
         text.check_max_length(cfg.data, cfg.model)
     targets.check(cfg.target)
     compression, method = compression_from_config(cfg.compression), method_from_config(cfg.method)
-    if compression.dense and isinstance(method, Gradual):
-        raise ConfigError("method=gradual is not allowed with compression=none: nothing is compressed, so nothing "
-                          "can grow in; choose a compression (prune, quant, lrd, prune-quant) or method=vcon")
+    method.check(compression)
+    skeleton = model.skeleton(cfg.model)  # which modules each group takes, and whether it fits them: no weight read
+    if skeleton is not None:
+        plan(skeleton, compression, targets.from_config(skeleton, cfg.target), method)
     _check_train(cfg.train, cfg.data)
     if cfg.save_pretrained and not compression.dense:
         raise ConfigError(f"save_pretrained=true is not allowed with compression={compression.name}: only dense runs "
@@ -63,10 +65,10 @@ def check(cfg: Any) -> tuple[Compression, Method]:
     if t.cuda_graph is True and (cfg.device == "cpu" or not torch.cuda.is_available()):
         raise ConfigError("train.cuda_graph=true is not allowed without a CUDA device (CUDA graphs replay GPU work); "
                           "allowed here: auto or false")
-    if t.cuda_graph is True and isinstance(method, Gradual):
-        raise ConfigError("train.cuda_graph=true is not allowed with method=gradual: its strength changes the "
+    if t.cuda_graph is True and not method.capturable:
+        raise ConfigError(f"train.cuda_graph=true is not allowed with method={method.name}: its strength changes the "
                           "step's shapes at every step, which a replayed graph cannot follow; allowed: auto (off "
-                          "for gradual runs) or false")
+                          f"for {method.name} runs) or false")
     return compression, method
 
 

@@ -84,6 +84,11 @@ class Compression:
         compressed form at ``beta`` (VCON), or the compression grown in at strength ``1 − β`` (``gradual``)."""
         raise NotImplementedError
 
+    def scheduled(self, resolve: Any) -> "Compression":
+        """This compression with its groups' own transitions resolved (``vcon.compression.recipe.Recipe``); one
+        compression has none of its own: itself."""
+        return self
+
     def footprint(self, fp: Footprint, weight_shape: torch.Size) -> Footprint:
         """How this compression changes the storage of a matrix of ``weight_shape`` (see ``Footprint``)."""
         return fp
@@ -111,10 +116,13 @@ class WeightCompression(Compression):
     ``pack_positions`` (how their positions are coded) and ``pack_values`` (how the stored values are coded).
     """
 
-    def blend(self, linear: nn.Linear, beta: Beta, gradual: bool) -> nn.Module:
-        """The layer that runs ``W_eff = β·W + (1−β)·C(W)`` (VCON) or ``C_s(W)`` at strength ``s = 1 − β``
-        (gradual), on ``linear``'s own parameters."""
-        return BlendedLinear(linear, self, beta, gradual)
+    def blend(self, linear: nn.Linear, beta: Beta) -> nn.Module:
+        """The layer that runs ``W_eff = β·W + (1−β)·C(W)``, on ``linear``'s own parameters."""
+        return BlendedLinear(linear, self, beta)
+
+    def grow_in(self, linear: nn.Linear, beta: Beta) -> nn.Module:
+        """The layer that runs ``C_s(W)`` at strength ``s = 1 − β``, on ``linear``'s own parameters."""
+        return BlendedLinear(linear, self, beta, gradual=True)
 
     def compress(self, weight: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
         """``C(W)``: the compressed weight, same shape and dtype. ``weight`` may be a stack of matrices (``(..., out,
@@ -188,17 +196,9 @@ class ModuleCompression(Compression):
     def build(self, linear: nn.Linear) -> nn.Module:
         raise NotImplementedError
 
-    def blend(self, linear: nn.Linear, beta: Beta, gradual: bool) -> nn.Module:
-        """VCON runs both branches, ``linear`` and ``build(linear)``; gradual compression is ``grow_in``'s."""
-        return self.grow_in(linear, beta) if gradual else BlendedBranches(linear, self.build(linear), beta)
-
-    def grow_in(self, linear: nn.Linear, beta: Beta) -> nn.Module:
-        """The module that stands for ``linear`` under ``method=gradual`` (``vcon/method/__init__.py``): it grows this
-        compression in at strength ``1 − β`` (``beta``: the ``vcon.method.blend.Beta`` all layers share; low rank:
-        ``vcon.method.blend.GradualBranches``). A compression without a gradual form refuses here, before the model
-        changes."""
-        raise ConfigError(f"method=gradual is not allowed with compression={self.name}: {type(self).__name__} has "
-                          "no gradual form (ModuleCompression.grow_in); allowed: method=vcon")
+    def blend(self, linear: nn.Linear, beta: Beta) -> nn.Module:
+        """VCON runs both branches, ``linear`` and ``build(linear)``."""
+        return BlendedBranches(linear, self.build(linear), beta)
 
 
 def to_config(compression: Compression) -> dict[str, Any]:

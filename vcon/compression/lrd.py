@@ -8,7 +8,8 @@ from torch import nn
 
 from vcon.compression.base import Footprint, ModuleCompression, Packed, register
 from vcon.errors import require
-from vcon.method.blend import Beta, GradualBranches
+from vcon.method.blend import Beta
+from vcon.method.gradual import GradualBranches
 from vcon.schema import check_fields, integer, number, setting
 
 

@@ -2,8 +2,8 @@
 compressed form (``vcon.compress_`` is the verb users call; it chooses the names and drives β).
 
 With VCON each targeted module computes ``β·f(x) + (1−β)·g(x)``; with gradual compression it computes ``g`` at
-strength ``1 − β`` (``vcon/method/__init__.py``). One β is shared by the whole model (``Beta``), which the controller moves
-from 1 to 0 along the schedule.
+strength ``1 − β`` (``vcon/method/gradual.py``). One β is shared by the modules of one compression (``Beta``; a
+recipe's groups have one each), which the controller moves from 1 to 0 along the schedule.
 """
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vcon.method import VCON, Gradual, Method
+from vcon.method.base import Method
+from vcon.method.vcon import VCON
 
 
 class WeightTransform(Protocol):
@@ -26,21 +27,15 @@ class WeightTransform(Protocol):
     def compress_all(self, weights: list[torch.Tensor], strength: float = 1.0) -> list[torch.Tensor]: ...
 
 
-class RankRamp(Protocol):
-    """What gradual rank reduction asks of its compression (``vcon.compression.lrd.LowRank``)."""
-
-    def rank_for(self, out_features: int, in_features: int, strength: float = 1.0) -> int: ...
-
-    def build(self, linear: nn.Linear) -> nn.Module: ...
-
-
 class Blending(Protocol):
     """What ``blend_`` asks of a compression (every ``vcon.compression.Compression``): whether it compresses at all,
-    and the blended module that stands for a layer under VCON or gradual compression."""
+    and the modules that stand for a layer under VCON (``blend``) and gradual compression (``grow_in``)."""
 
     dense: bool
 
-    def blend(self, linear: nn.Linear, beta: "Beta", gradual: bool) -> nn.Module: ...
+    def blend(self, linear: nn.Linear, beta: "Beta") -> nn.Module: ...
+
+    def grow_in(self, linear: nn.Linear, beta: "Beta") -> nn.Module: ...
 
 
 class Beta:
@@ -76,6 +71,33 @@ class Beta:
             yield
         finally:
             self.value = saved
+
+
+class Betas:
+    """The β of a recipe whose groups move on their own schedules, read as one: ``value`` is the largest (0 once
+    every group is fully compressed), ``phase`` the groups' phases together (a CUDA graph
+    is captured again when any changes), ``fixed`` sets them all (evaluating the fully compressed model)."""
+
+    def __init__(self, betas: list[Beta]) -> None:
+        self.betas = betas
+
+    @property
+    def value(self) -> float:
+        return max(b.value for b in self.betas)
+
+    @property
+    def phase(self) -> tuple[str, ...]:
+        return tuple(b.phase for b in self.betas)
+
+    def __float__(self) -> float:
+        return self.value
+
+    @contextlib.contextmanager
+    def fixed(self, value: float) -> Iterator[None]:
+        with contextlib.ExitStack() as stack:
+            for b in self.betas:
+                stack.enter_context(b.fixed(value))
+            yield
 
 
 class _StraightThrough(torch.autograd.Function):
@@ -183,64 +205,6 @@ class BlendedBranches(nn.Module):
         return self.compressed
 
 
-class GradualBranches(BlendedBranches):
-    """Gradual rank reduction, low rank's gradual form: during the ramp the layer runs its current weight projected
-    onto the top-r singular vectors of an SVD of that weight, r falling from full rank to the target as the strength
-    ``1 − β`` grows. The gradient goes through the projection, so only the directions the layer runs are trained: a
-    straight-through gradient would also move the dropped directions, which the loss never saw, and the next SVD
-    would pick them up (measured on vit-micro, rank 4, Q = 3 epochs: 72 % validation accuracy at the ramp's end
-    straight-through, 80 % through the projection). The SVD is refreshed every ``method.svd_every`` steps by
-    the controller (``refresh``) and kept in the ``basis`` buffer, so a resumed run projects exactly as before. At
-    β = 0 the factors ``g`` become the truncated SVD of the weight trained so far and the dense layer is dropped,
-    as VCON's low rank drops it; ``g`` is in the optimizer from the start, but has no gradient before that."""
-
-    def __init__(self, original: nn.Linear, compressed: nn.Module, beta: Beta, compression: RankRamp) -> None:
-        super().__init__(original, compressed, beta)
-        self.compression = compression
-        side = min(original.weight.shape)
-        self.register_buffer("basis", original.weight.new_empty(side, side, dtype=torch.float32))
-        self.precomputed: torch.Tensor | None = None  # the projected weight (with its graph), set by blend_'s hooks
-        self.refresh()
-
-    @torch.no_grad()
-    def refresh(self) -> None:
-        """A new SVD of the current weight: the singular vectors of its smaller side, largest first, as rows."""
-        weight = self.original.weight.float()
-        u, _, vh = torch.linalg.svd(weight, full_matrices=False)
-        self.basis.copy_(vh if weight.shape[1] <= weight.shape[0] else u.T)
-
-    def projected(self, strength: float) -> torch.Tensor:
-        """The current weight at the rank of ``strength``, through the last SVD's singular vectors."""
-        weight = self.original.weight
-        basis = self.basis[:self.compression.rank_for(*weight.shape, strength)].to(weight.dtype)
-        return (weight @ basis.T) @ basis if weight.shape[1] <= weight.shape[0] else basis.T @ (basis @ weight)
-
-    def effective_weight(self) -> torch.Tensor:
-        """The weight the layer runs during the ramp."""
-        if self.beta.phase == "original":
-            return self.original.weight
-        weight = self.precomputed
-        return self.projected(strength(self.beta, gradual=True)) if weight is None else weight  # None: called alone
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.original is None:
-            return self.compressed(x)
-        return F.linear(x, self.effective_weight(), self.original.bias)
-
-    @torch.no_grad()
-    def branches(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        if self.original is None:
-            return None
-        return self.original(x), F.linear(x, self.projected(1.0), self.original.bias)
-
-    def drop_original(self) -> list[nn.Parameter]:
-        if self.original is not None:
-            with torch.no_grad():  # the factors start from the weight the ramp has trained
-                self.compressed.load_state_dict(self.compression.build(self.original).state_dict())
-            self.basis = None
-        return super().drop_original()
-
-
 def strength(beta: Beta, gradual: bool) -> float:
     """How much of the compression a layer applies: all of it for VCON (whose blend is β's business), ``1 − β``
     for gradual compression."""
@@ -249,21 +213,19 @@ def strength(beta: Beta, gradual: bool) -> float:
 
 def blend_(model: nn.Module, compression: Blending, names: list[str], beta: Beta | None = None,
            method: Method = VCON) -> Beta:
-    """Replace each module in ``names`` (chosen by ``vcon.core.targets``) by its blend with its compressed form, as
-    ``method`` blends. Returns the β that drives them all. The dense baseline (``compression=none``) wraps
-    nothing."""
+    """Replace each module in ``names`` (chosen by ``vcon.core.targets``) by the module ``method`` puts in its place
+    (``Method.wrap``: blended with its compressed form, or the compression growing in), all driven by one β, which
+    it returns. The dense baseline (``compression=none``) wraps nothing. All are built before any goes in: a
+    compression that refuses the method leaves the model as it was."""
     if beta is None:
         first = next(iter(model.parameters()), None)
         beta = Beta(device=first.device if first is not None else None)
     if compression.dense:
         return beta
-    gradual = isinstance(method, Gradual)
-    # all built before any goes in: a compression that refuses the method leaves the model as it was
-    blended = {name: compression.blend(model.get_submodule(name), beta, gradual) for name in names}
+    blended = {name: method.wrap(compression, model.get_submodule(name), beta) for name in names}
     for name, module in blended.items():
         model.set_submodule(name, module)
-    if any(isinstance(module, (BlendedLinear, GradualBranches)) for module in blended.values()):
-        Precompute(model, list(blended.values()), compression, beta, gradual)
+    Precompute(model, list(blended.values()), compression, beta, method.strength)
     return beta
 
 
@@ -282,24 +244,24 @@ class Precompute:
     model it was copied from."""
 
     def __init__(self, model: nn.Module, layers: list[nn.Module], compression: WeightTransform, beta: Beta,
-                 gradual: bool) -> None:
-        self.layers, self.compression, self.beta, self.gradual = layers, compression, beta, gradual
+                 strength: Callable[[Beta], float]) -> None:
+        self.layers, self.compression, self.beta, self.strength = layers, compression, beta, strength
         self.linears = [layer for layer in layers if isinstance(layer, BlendedLinear)]
-        self.ramps = [layer for layer in layers if isinstance(layer, GradualBranches)]
+        self.own = [layer for layer in layers if hasattr(layer, "prepare")]  # e.g. gradual low rank's projections
         self.handles = [model.register_forward_pre_hook(self.before), model.register_forward_hook(self.after)]
         model.__dict__.setdefault(_HOOKS, []).append(self)  # a plain attribute: not a submodule, not in a state dict
 
     def before(self, module: nn.Module, args: tuple) -> None:
         if self.beta.phase == "original":
             return
-        s = strength(self.beta, self.gradual)
+        s = self.strength(self.beta)
         with torch.no_grad():
             if self.linears:
                 weights = [layer.weight for layer in self.linears]
                 for layer, compressed in zip(self.linears, self.compression.compress_all(weights, s)):
                     layer.precomputed = compressed
-        for layer in self.ramps:  # in the autograd graph: the gradient reaches the weight through the projection
-            layer.precomputed = layer.projected(s) if layer.original is not None else None
+        for layer in self.own:  # in the autograd graph where the layer says so (gradual low rank's projection)
+            layer.prepare(s)
 
     def after(self, module: nn.Module, args: tuple, output: object) -> None:
         for layer in self.layers:

@@ -4,6 +4,7 @@ BERT-style encoder, with its tokenizer)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from pathlib import Path
 from typing import Any, Callable
@@ -121,6 +122,27 @@ def example_inputs(model: nn.Module, batch: int) -> dict[str, torch.Tensor]:
     """Random inputs of the kind ``model`` takes (``export``'s latency and checks)."""
     kind = "image" if hasattr(model.config, "image_size") else "text"
     return INPUTS[kind].example(model.config, batch)
+
+
+_SKELETONS: dict[str, nn.Module] = {}  # by model config: a sweep's checks build each model's once
+
+
+def skeleton(cfg: Any) -> nn.Module | None:
+    """The configured model's structure on the meta device, for the checks that need its module names and shapes
+    (which modules a recipe's groups take, whether a rank fits) before anything loads; None where that would need
+    the hub. Kept for the next check of the same model: nothing may change it."""
+    if needs_hub(cfg):
+        return None
+    key = json.dumps({k: cfg[k] for k in cfg}, default=str, sort_keys=True)
+    if key not in _SKELETONS:
+        import transformers
+
+        kind = INPUTS[inputs(cfg)]
+        config = (transformers.AutoConfig.for_model(**cfg.config, **kind.scratch(cfg)) if cfg.source == "scratch" else
+                  transformers.AutoConfig.from_pretrained(str(Path(str(cfg.pretrained)).expanduser())))
+        with torch.device("meta"):  # names and shapes only: no weight is read or allocated
+            _SKELETONS[key] = getattr(transformers, kind.auto_class).from_config(config)
+    return _SKELETONS[key]
 
 
 def build(cfg: Any, num_classes: int) -> nn.Module:

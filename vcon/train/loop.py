@@ -25,7 +25,7 @@ from vcon.core.controller import Controller, compress_
 from vcon.data import text
 from vcon.data.augment import Pipeline
 from vcon.errors import Diverged, require
-from vcon.method import VCON, Gradual, Method
+from vcon.method import VCON, Method
 from vcon.method.blend import BlendedBranches, block_gap
 from vcon.train import checkpoint, distributed, metrics, results
 from vcon.train.preemption import StopRequest
@@ -57,6 +57,15 @@ def keyed(values: dict[str, float], accuracy_key: str, metric_key: str) -> dict[
     return {accuracy_key: values["accuracy"]} | ({metric_key: rest[0]} if rest else {})
 
 
+def scalars_of(figures: dict[str, Any], prefix: str = "compression") -> dict[str, float]:
+    """The compression figures as logged scalars: ``compression/bits_per_weight``, a recipe's groups'
+    ``compression/<group>/bits_per_weight``."""
+    out = {f"{prefix}/{k}": v for k, v in figures.items() if k not in ("name", "groups")}
+    for group, own in figures.get("groups", {}).items():
+        out |= scalars_of(own, f"{prefix}/{group}")
+    return out
+
+
 @dataclasses.dataclass
 class Progress:
     """Where training stands; saved in every checkpoint so that a resumed run goes on from exactly here."""
@@ -78,10 +87,18 @@ def build_dense(cfg: Any, num_classes: int, device: torch.device) -> tuple[nn.Mo
 
 
 def compress_target(cfg: Any, net: nn.Module, compression: Compression, beta_schedule: schedule.Schedule,
-                    method: Method = VCON) -> Controller:
-    """``compress_`` on the modules the ``target`` config picks (the controller holds the model)."""
-    return compress_(net, compression, schedule=beta_schedule, filter_fn=targets.from_config(net, cfg.target),
-                     method=method)
+                    method: Method = VCON, steps_per_epoch: int = 1, total_steps: int = 1) -> Controller:
+    """``compress_`` on the modules the ``target`` config picks (the controller holds the model); a recipe's groups
+    with their own ``vcon.*`` keys get their schedules here, over the run's ``vcon`` settings."""
+    def own_schedule(group: str, keys: Any) -> Any:
+        if keys is None or isinstance(keys, schedule.Schedule):
+            return keys
+        steps = {"steps": None} if "epochs" in keys else {}  # a group's Q in epochs replaces the run's Q in steps
+        merged = {"epochs": 0, "steps": None, "shape": cfg.vcon.shape} | dict(cfg.vcon) | steps | dict(keys)
+        return schedule.from_config(merged, steps_per_epoch, total_steps, key=f"compression.groups.{group}.vcon")
+
+    return compress_(net, compression.scheduled(own_schedule), schedule=beta_schedule,
+                     filter_fn=targets.from_config(net, cfg.target), method=method)
 
 
 def build_model(cfg: Any, compression: Compression, num_classes: int, device: torch.device,
@@ -125,15 +142,16 @@ class Training:
         self.autocast = autocast_for(self.t, device)
         self.dense = (state.get("dense_test") or {"accuracy": state["dense_test_acc"]} if state  # older: accuracy
                       else self.evaluate(self.dataset.test))
-        self.controller = compress_target(cfg, self.net, compression, beta_schedule, method)
+        self.controller = compress_target(cfg, self.net, compression, beta_schedule, method, self.steps_per_epoch,
+                                          total_steps)
         log.info("dense test %s; %s", self.describe(self.dense), "dense fine-tuning" if compression.dense else
-                 f"compressing {len(self.controller.names)} modules with {compression}, {method.describe()}")
+                 f"compressing {len(self.controller.names)} modules: {compression.describe()}, {method.describe()}")
         # the optimizer step, over the parameters trained from where the run stands
         self.progress = Progress(**state["progress"]) if state else Progress()
         if state:
             self.controller.load_state_dict(state["controller"])  # first: at β = 0 the originals are gone
         self.step = build_step(self.net, self.pipeline, self.t, self.steps_per_epoch, total_steps, device, world,
-                               self.controller.beta, capturable=not isinstance(method, Gradual) and
+                               self.controller.beta, capturable=method.capturable and
                                model.inputs(cfg.model) == "image")  # texts: each batch has its own length
         if state:
             self.resume(state)
@@ -285,7 +303,7 @@ class Training:
         if self.tracker:
             figures = self.controller.figures()
             self.tracker.log({f"epoch/{k}": v for k, v in row.items() if k not in ("epoch", "step", "lr")}
-                             | {f"compression/{k}": v for k, v in figures.items() if k != "name"}
+                             | scalars_of(figures)
                              | {"epoch": p.epoch}, p.step)
         headline = "val_metric_compressed" if "val_metric_compressed" in row else "val_acc_compressed"
         blended = headline.replace("compressed", "blended")
@@ -320,7 +338,7 @@ class Training:
         figures = self.controller.figures()
         test |= keyed(self.dense, "dense_test_acc", "dense_test_metric")
         self.tracker.log({f"final/{k}": v for k, v in test.items() if not k.startswith("dense")}, self.progress.step)
-        self.tracker.finish(test | {f"compression/{k}": v for k, v in figures.items() if k != "name"})
+        self.tracker.finish(test | scalars_of(figures))
         last = self.progress.history[-1]
         summary = {
             "metric": self.dataset.metric,  # the headline: test_metric where it is not accuracy (vcon/train/metrics.py)
@@ -329,7 +347,7 @@ class Training:
             **({"val_metric": last["val_metric_compressed"]} if "val_metric_compressed" in last else {}),
             "beta": self.controller.beta.value,
             "step": self.progress.step,
-            "q_steps": None if self.controller.compression.dense else self.controller.schedule.q_steps,
+            "q_steps": None if self.controller.dense else self.controller.q_steps,
             "method": self.controller.method.name,
             "steps_per_epoch": self.steps_per_epoch,
             "processes": self.world.size,

@@ -40,6 +40,9 @@ def table(summary: dict[str, Any], title: str) -> str:
         ("parameters in them, before → after", f"{c['params_before']:,} → {c['params_after']:,}"),
         ("zero weights in them", f"{100 * c['zero_fraction']:.1f} %"),
         ("bits per weight (fp32 = 32)", f"{c['bits_per_weight']:.2f}"),
+        *[(f"group {group}: {g['name']}", f"{g['layers']} layers, {g['params_before']:,} → {g['params_after']:,} "
+           f"parameters, {g['bits_per_weight']:.2f} bits/weight, {100 * g['zero_fraction']:.1f} % zeros")
+          for group, g in c.get("groups", {}).items()],
         ("optimizer steps" if dense else "optimizer steps (of them in the transition, Q)",
          f"{summary['step']}" if dense else f"{summary['step']} ({summary['q_steps']})"),
         ("wall time", f"{int(minutes)} min {seconds:.0f} s"),
