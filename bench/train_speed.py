@@ -11,7 +11,8 @@ With ``graph`` in a variant (``--variants bf16:true:graph``) each of the three i
 (``train.cuda_graph``, ``vcon/train/cuda_graph.py``): e2e through the ``Step`` a run uses, the other two wrapped alike.
 
     python bench/train_speed.py                     # CUDA: ViT-T/16, 224 px, batch 128, the paper recipe
-    python bench/train_speed.py --device cpu --model vit-micro --recipe micro   # the offline default run
+    python bench/train_speed.py --device cpu --model vit-micro --train micro   # the offline default run
+    python bench/train_speed.py --device cpu --configs prune,prune2,prune_vcon,prune2_vcon,mixed,mixed_vcon  # recipes
     python bench/train_speed.py --variants bf16:true:graph,bf16:true           # CUDA graphs against none
 
 Compressions are timed one-shot (β = 0, originals dropped) and in the VCON transition (β = 0.5, both branches).
@@ -36,24 +37,39 @@ sys.path.insert(0, str(ROOT))
 
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-from vcon import Controller, data, train_step  # noqa: E402
-from vcon.app import config
+from vcon import Controller, data  # noqa: E402
+from vcon.app import config  # noqa: E402
 from vcon.compression import from_config  # noqa: E402
 from vcon.data.augment import Pipeline  # noqa: E402
 from vcon.schedule import Schedule  # noqa: E402
-from vcon.train import loop as train
+from vcon.train import loop as train  # noqa: E402
+from vcon.train import step as train_step  # noqa: E402
 from vcon.train.cuda_graph import CapturedStep  # noqa: E402
 
-# name -> (compression overrides, β while timed); the names are the reference's, "vanilla" being ours "dense"
+def _recipe(attention: dict, mlp: dict) -> dict:
+    return {"name": "recipe", "groups": {"attention": {"patterns": ["*.attention.*"], **attention},
+                                         "mlp": {"patterns": ["*.mlp.*"], **mlp}}}
+
+
+PRUNE = {"name": "prune", "ratio": 0.9, "granularity": "layer"}
+TWO_GROUPS = _recipe(PRUNE, PRUNE)  # the same pruning as prune's, in two groups: what grouping itself costs
+MIXED = _recipe({"name": "quant", "bits": 1}, PRUNE)  # attention binary, the MLP pruned
+# name -> (compression overrides, β while timed, a recipe instead); the names are the reference's, "vanilla" being
+# ours "dense"; the recipes' are ours
 CONFIGS = {
-    "vanilla": (["compression=none"], 1.0),
-    "prune": (["compression=prune"], 0.0),
-    "prune_vcon": (["compression=prune"], 0.5),
-    "quant": (["compression=quant"], 0.0),
-    "quant_vcon": (["compression=quant"], 0.5),
-    "lrd": (["compression=lrd"], 0.0),
-    "lrd_vcon": (["compression=lrd"], 0.5),
+    "vanilla": (["compression=none"], 1.0, None),
+    "prune": (["compression=prune"], 0.0, None),
+    "prune_vcon": (["compression=prune"], 0.5, None),
+    "quant": (["compression=quant"], 0.0, None),
+    "quant_vcon": (["compression=quant"], 0.5, None),
+    "lrd": (["compression=lrd"], 0.0, None),
+    "lrd_vcon": (["compression=lrd"], 0.5, None),
+    "prune2": ([], 0.0, TWO_GROUPS),
+    "prune2_vcon": ([], 0.5, TWO_GROUPS),
+    "mixed": ([], 0.0, MIXED),
+    "mixed_vcon": ([], 0.5, MIXED),
 }
+DEFAULT_CONFIGS = [name for name, (_, _, recipe) in CONFIGS.items() if recipe is None]  # the reference's seven
 REFERENCE = json.loads((ROOT / "bench" / "reference-throughput-h100.json").read_text())
 
 
@@ -75,10 +91,10 @@ def timed(fn, steps: int, device: torch.device, repeats: int) -> float:
     return statistics.median(times)
 
 
-def compose_config(model: str, recipe: str, extra: list[str]):
+def compose_config(model: str, train_group: str, extra: list[str]):
     config.register()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
-        return compose(config_name="config", overrides=[f"model={model}", f"train={recipe}",
+        return compose(config_name="config", overrides=[f"model={model}", f"train={train_group}",
                                                         "tracking.wandb.mode=disabled", *extra])
 
 
@@ -92,10 +108,12 @@ def fake_cifar(cfg, device: torch.device, n: int) -> data.Split:
                       torch.randint(0, 10, (n,), generator=g)).to(device)
 
 
-def build(cfg, beta_value: float, device: torch.device) -> tuple[Controller, Pipeline, train_step.Step]:
+def build(cfg, beta_value: float, device: torch.device, recipe: dict | None = None
+          ) -> tuple[Controller, Pipeline, train_step.Step]:
     """What a run builds (ViT, controller, pipeline, the step over 60 epochs of 390 steps), with β held at
     ``beta_value`` (1, 0.5 or 0): a two-step linear schedule, moved by the controller as a run moves it."""
-    controller, pipeline = train.build_model(cfg, from_config(cfg.compression), 10, device, Schedule("linear", 2))
+    compression = from_config(recipe or cfg.compression)
+    controller, pipeline = train.build_model(cfg, compression, 10, device, Schedule("linear", 2))
     for _ in range(round(2 * (1 - beta_value))):
         controller.step()  # at 0: the originals are dropped
     step = train_step.build_step(controller.model, pipeline, cfg.train, steps_per_epoch=390, total_steps=60 * 390,
@@ -104,14 +122,14 @@ def build(cfg, beta_value: float, device: torch.device) -> tuple[Controller, Pip
 
 
 def measure(name: str, args, device: torch.device, precision: str, compile_: bool, graph: bool) -> dict:
-    overrides, beta_value = CONFIGS[name]
-    cfg = compose_config(args.model, args.recipe, [*overrides, f"train.precision={precision}",
+    overrides, beta_value, recipe = CONFIGS[name]
+    cfg = compose_config(args.model, args.train, [*overrides, f"train.precision={precision}",
                                                    f"train.compile={str(compile_).lower()}",
                                                    f"train.cuda_graph={str(graph).lower()}",
                                                    f"train.batch_size={args.batch}"])
     torch._dynamo.reset()  # every configuration compiles afresh: no cache entries left over from the last one
     torch.manual_seed(0)
-    _, pipeline, step = build(cfg, beta_value, device)
+    _, pipeline, step = build(cfg, beta_value, device, recipe)
     images = fake_cifar(cfg, device, args.images)
     mix_rng = torch.Generator().manual_seed(0)
 
@@ -167,7 +185,7 @@ def plain_loop(args, device: torch.device) -> float:
     forward, cross-entropy, backward, AdamW — with none of vcon's machinery."""
     from vcon import model
 
-    cfg = compose_config(args.model, args.recipe, [])
+    cfg = compose_config(args.model, args.train, [])
     torch.manual_seed(0)
     net = model.build(cfg.model, 10).to(device)
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=device.type == "cuda")
@@ -207,6 +225,16 @@ def table(rows: list[dict], plain: float | None, device_name: str) -> str:
                 extra_e2e = 100 * (one_shot["e2e"] / r["e2e"] - 1)
                 overhead.append(f"| {base} | {' | '.join(map(str, variant))} | {extra:+.1f} % | {extra_e2e:+.1f} % | "
                                 f"≤ {limit} % |")
+    grouping = []
+    for base in ("prune", "prune_vcon"):  # the same layers, the same pruning, in one group and in two
+        for (config, *variant), r in by_key.items():
+            if config == base.replace("prune", "prune2") and (base, *variant) in by_key:
+                extra = 100 * (by_key[(base, *variant)]["step"] / r["step"] - 1)
+                grouping.append(f"| {base} | {' | '.join(map(str, variant))} | {extra:+.1f} % | ≤ 10 % |")
+    if grouping:
+        lines += ["", "A two-group recipe's cost (time per step against the same pruning as one group):", "",
+                  "| configuration | precision | compiled | CUDA graph | step | allowed |", "|---|---|---|---|---|---|",
+                  *grouping]
     if overhead:
         lines += ["", "VCON's own cost while β > 0 (time per step against the same compression one-shot):", "",
                   "| compression | precision | compiled | CUDA graph | step | e2e | allowed |",
@@ -221,9 +249,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--model", default="vit-tiny-scratch")
-    parser.add_argument("--recipe", default="paper", help="the train config group: paper (RandAugment + MixUp) or "
-                                                          "micro (the offline default run's: no augmentation)")
-    parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--train", default="paper", help="the train config group: paper (RandAugment + MixUp) or "
+                                                         "micro (the offline default run's: no augmentation)")
+    parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
+                        help=f"a comma-separated list of {list(CONFIGS)}")
     parser.add_argument("--variants", default=None,
                         help="precision:compile[:graph], e.g. bf16:true:graph,bf16:true,fp32:false (default: what "
                              "a run on this device uses, bf16:true on CUDA and fp32:false on the CPU)")
@@ -244,7 +273,7 @@ def main() -> None:
     pairs = [(p, c == "true", g == ["graph"]) for p, c, *g in (v.split(":") for v in variants.split(","))]
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     header = {"device": device_name, "torch": torch.__version__, "python": platform.python_version(),
-              "model": args.model, "recipe": args.recipe, "batch": args.batch, "steps": args.steps,
+              "model": args.model, "train": args.train, "batch": args.batch, "steps": args.steps,
               "repeats": args.repeats, "threads": torch.get_num_threads()}
     try:
         import transformers

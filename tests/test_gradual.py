@@ -13,7 +13,8 @@ from vcon.app import identity, job
 from vcon.compression import ModuleCompression
 from vcon.errors import ConfigError
 from vcon.method import Gradual
-from vcon.method.blend import BlendedBranches, GradualBranches
+from vcon.method.blend import BlendedBranches
+from vcon.method.gradual import GradualBranches
 from vcon.train import checkpoint
 from vcon.train import loop as train
 

@@ -209,3 +209,14 @@ def test_a_recipe_run_reports_each_group(tmp_path):
     assert results["q_steps"] == 2 * results["steps_per_epoch"]  # the longest group's
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["compression"]["groups"] == groups
+
+
+def test_a_groups_own_transition_is_part_of_the_run_identity():
+    from vcon.app.identity import run_id
+
+    one_shot = [*QUICK, *RECIPE, "vcon.epochs=0"]
+    plain, own = run_id(make_config(*one_shot)), run_id(make_config(*one_shot, "+compression.groups.mlp.vcon.epochs=1"))
+    assert plain != own  # the run is one-shot, its MLP group is not
+    gradual = run_id(make_config(*one_shot, "+compression.groups.mlp.vcon.epochs=1", "method=gradual"))
+    assert gradual != own  # and then the method matters
+    assert run_id(make_config(*one_shot, "method=gradual")) == plain  # one-shot everywhere: the method does not

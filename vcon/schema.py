@@ -133,6 +133,15 @@ def check_fields(instance: Any, section: str) -> None:
             check_value(f"{section}.{f.name}", getattr(instance, f.name), f.metadata["allowed"])
 
 
+def check_settings(node: Mapping[str, Any], schema: type, section: str) -> None:
+    """Each key of the config ``node`` that ``schema`` declares against its ``setting`` (a registry entry checking
+    its own section: ``check_settings(cfg.data, loader.schema, "data")``). Unknown and missing keys are the whole
+    config's check, ``vcon.app.config.validate``."""
+    for f in dataclasses.fields(schema):
+        if "allowed" in f.metadata and f.name in node:
+            check_value(f"{section}.{f.name}", node[f.name], f.metadata["allowed"])
+
+
 def registered(registry: Mapping[str, Any], key: str, name: Any) -> Any:
     """``registry[name]``, refused naming ``key`` and the registered names when there is none."""
     require(isinstance(name, str) and name in registry, key, name, one_of(*sorted(registry)).text)

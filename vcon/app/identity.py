@@ -42,7 +42,8 @@ def identity(cfg: DictConfig) -> dict[str, Any]:
     if kind is not None and kind.dense:  # a dense run has no transition: vcon.epochs=0 and 12 are the same run
         raw.pop("vcon", None)
         raw.pop("method", None)
-    elif "vcon" in raw and transition_length(raw["vcon"])[0] == 0:  # one-shot, whatever the method and shape
+    elif "vcon" in raw and transition_length(raw["vcon"])[0] == 0 and not _own_transition(raw.get("compression")):
+        # one-shot, whatever the method and shape (unless a recipe's group has a transition of its own)
         raw["vcon"] = dict(ONE_SHOT)
         raw.pop("method", None)
     if raw.get("method") == {"name": "vcon"}:  # the default: runs from before methods existed keep their ids
@@ -51,6 +52,13 @@ def identity(cfg: DictConfig) -> dict[str, Any]:
         if raw.get(section, {}).get(key, value) == value:
             raw.get(section, {}).pop(key, None)
     return raw
+
+
+def _own_transition(node: Any) -> bool:
+    """Whether a part of the compression's config sets a transition of its own (a recipe group's ``vcon`` keys)."""
+    if isinstance(node, dict):
+        return "vcon" in node or any(_own_transition(v) for v in node.values())
+    return isinstance(node, list) and any(map(_own_transition, node))
 
 
 def run_id(cfg: DictConfig) -> str:

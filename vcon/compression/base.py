@@ -79,10 +79,17 @@ class Compression:
     def check(self, layers: dict[str, nn.Linear]) -> None:
         """Raise ``ConfigError`` if the settings cannot apply to these layers; called before any training."""
 
-    def blend(self, linear: nn.Linear, beta: Beta, gradual: bool) -> nn.Module:
-        """The module that stands for ``linear`` while it is compressed (``vcon.method.blend.blend_``): blended with its
-        compressed form at ``beta`` (VCON), or the compression grown in at strength ``1 − β`` (``gradual``)."""
+    def blend(self, linear: nn.Linear, beta: Beta) -> nn.Module:
+        """The module that stands for ``linear`` under VCON (``vcon.method.vcon``): blended with its compressed form
+        at ``beta``."""
         raise NotImplementedError
+
+    def grow_in(self, linear: nn.Linear, beta: Beta) -> nn.Module:
+        """The module that stands for ``linear`` under ``method=gradual`` (``vcon.method.gradual``): this compression
+        grown in at strength ``1 − β``. A compression without a gradual form refuses here, before the model
+        changes."""
+        raise ConfigError(f"method=gradual is not allowed with compression={self.name}: {type(self).__name__} has "
+                          "no gradual form (Compression.grow_in); allowed: method=vcon")
 
     def scheduled(self, resolve: Any) -> "Compression":
         """This compression with its groups' own transitions resolved (``vcon.compression.recipe.Recipe``); one

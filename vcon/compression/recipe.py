@@ -157,14 +157,22 @@ def _group(name: str, spec: Any) -> Group:
                 raise ConfigError(f"{where}.patterns: {p!r} is not a regular expression ({e})") from None
     require(transition is None or (isinstance(transition, Mapping) and set(transition) <= set(TRANSITION_KEYS)),
             f"{where}.vcon", transition, f"null (the run's vcon.*) or a mapping of some of {list(TRANSITION_KEYS)}")
-    try:
-        compression = from_config(settings)
-    except ConfigError as e:  # the compression's own message, about this group's keys
-        raise ConfigError(str(e).replace("compression.", f"{where}.").replace("compression=", f"{where}=")) from None
+    compression = in_group(name, lambda: from_config(settings))
     if isinstance(compression, Recipe):
         raise ConfigError(f"{where}.name=recipe is not allowed: a group holds one compression (a chain for several)")
     return Group(tuple(patterns), None if compression.dense else compression,
                  None if transition is None else dict(transition))
+
+
+def in_group(group: str, build: Callable[[], Any]) -> Any:
+    """``build()``; a compression's refusal then names the recipe's group: ``compression.rank`` is
+    ``compression.groups.<group>.rank`` (its other keys, patterns and vcon, said beside its settings)."""
+    try:
+        return build()
+    except ConfigError as e:
+        where = f"compression.groups.{group}"
+        message = str(e).replace("compression.", f"{where}.").replace("compression=", f"{where}=")
+        raise ConfigError(message + (" (and patterns, vcon)" if "has no setting" in message else "")) from None
 
 
 def as_recipe(compression: Compression | Mapping[str, Any]) -> Recipe | None:

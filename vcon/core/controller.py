@@ -28,7 +28,7 @@ from torch import nn
 
 from vcon.compression import Compression
 from vcon.compression.none import NoCompression
-from vcon.compression.recipe import Recipe, as_recipe, config_of
+from vcon.compression.recipe import Recipe, as_recipe, config_of, in_group
 from vcon.core import figures, targets
 from vcon.errors import ConfigError, ExportError
 from vcon.method import VCON, Method
@@ -275,14 +275,8 @@ def _place(model: nn.Module, parts: list[Part], method: Method, recipe: Recipe |
 
 
 def _in_group(group: str, recipe: Recipe | None, build: Callable[[], Any]) -> Any:
-    """``build()``; a recipe's group's refusal names the group (``compression.rank`` -> ``compression.groups.<g>.rank``)."""
-    try:
-        return build()
-    except ConfigError as e:
-        if recipe is None:
-            raise
-        where = f"compression.groups.{group}"
-        raise ConfigError(str(e).replace("compression.", f"{where}.").replace("compression=", f"{where}=")) from None
+    """``build()``; for a recipe, its refusals name the group (``vcon.compression.recipe.in_group``)."""
+    return build() if recipe is None else in_group(group, build)
 
 
 def _schedule(own: Any, default: Schedule, group: str) -> Schedule:

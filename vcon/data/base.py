@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from vcon.errors import require
-from vcon.schema import integer, one_of, optional, registered, setting, text
+from vcon.schema import check_settings, integer, one_of, optional, registered, setting, text
 
 log = logging.getLogger(__name__)
 KEY = text("a column of the dataset")
@@ -148,8 +148,11 @@ def loader(name: str, **kwargs: Any):
 
 
 def check(cfg: Any) -> None:
-    """Cheap checks of the ``data`` config, before anything is loaded: the loader's own checks (its files are there). Each key against its schema is ``vcon.app.config.validate``'s."""
-    registered(LOADERS, "data.name", cfg.name).check(cfg)
+    """Cheap checks of the ``data`` config, before anything is loaded: its settings against its loader's schema, then
+    the loader's own checks (its files are there)."""
+    loader = registered(LOADERS, "data.name", cfg.name)
+    check_settings(cfg, loader.schema, "data")
+    loader.check(cfg)
 
 
 def inputs(cfg: Any) -> str:

@@ -16,7 +16,7 @@ from vcon import hub
 from vcon.data.augment import Pipeline
 from vcon.data.text import TextPipeline, tokenizer, tokenizer_name
 from vcon.errors import require
-from vcon.schema import MAPPING, integer, items, number, one_of, optional, setting, text
+from vcon.schema import MAPPING, check_settings, integer, items, number, one_of, optional, registered, setting, text
 
 log = logging.getLogger(__name__)
 SOURCES = ("pretrained", "scratch")
@@ -105,8 +105,9 @@ def inputs(cfg: Any) -> str:
 
 
 def check(cfg: Any) -> None:
-    """Cheap checks of the ``model`` config: how its keys fit together (each key against its schema is
-    ``vcon.app.config.validate``'s)."""
+    """Cheap checks of the ``model`` config: its settings against its input kind's schema, then how they fit
+    together."""
+    check_settings(cfg, registered(INPUTS, "model.inputs", inputs(cfg)).schema, "model")
     key, what = (("pretrained", FOLDER_OR_HUB_ID.text) if cfg.source == "pretrained" else
                  ("config", "transformers' settings of the model, for AutoConfig.for_model"))
     require(cfg.get(key) is not None, f"model.{key}", cfg.get(key), f"{what} (model.source={cfg.source})")
