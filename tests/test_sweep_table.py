@@ -4,6 +4,7 @@ import pytest
 from conftest import make_config
 
 from vcon.app import identity, report, sweep
+from vcon.method import Gradual, Vcon
 
 ACCURACY = {  # (method, Q epochs) -> test accuracy per seed
     ("vcon", 0): {0: 80.0, 1: 81.0, 2: 79.0},
@@ -35,6 +36,28 @@ def test_vcon_is_paired_by_seed_with_one_shot_and_with_gradual():
     table = sweep.markdown(rows, runs())
     assert "| VCON's gain over one-shot (points) | over gradual (points) |" in table
     assert "| +5.17 ± 0.76 | +2.00 ± 1.50 |" in table
+
+
+PAIRED = [{"one-shot": [5.0, 4.5, 6.0], "gradual": [2.0, 3.5, 0.5]}]  # VCON's gains, paired by seed (as above)
+
+
+@pytest.mark.parametrize("method, words", [(Vcon, "Vanishing Contributions"), (Gradual, "Zhu & Gupta")])
+def test_a_method_described_in_other_words_keeps_its_place_and_its_baseline_columns(monkeypatch, method, words):
+    """The words are the method's own (its describe()): the table shows them, and pairs and orders its rows by what
+    the runs are, whatever the words."""
+    monkeypatch.setattr(method, "describe", lambda self: words)
+    rows = sweep.summarize(runs())
+    assert [r["transition"].split(" Q=")[0] for r in rows] == ["one-shot", *(
+        words if m is method else m().describe() for m in (Gradual, Vcon))]
+    assert [r["_gains"] for r in rows if "_gains" in r] == PAIRED and "gain_gradual_mean" in rows[2]
+
+
+def test_one_shot_in_other_words_is_still_the_baseline_and_first(monkeypatch):
+    describe = sweep.describe
+    monkeypatch.setattr(sweep, "describe", lambda ident: tuple(w.replace("one-shot", "Q = 0") for w in describe(ident)))
+    rows = sweep.summarize(runs())
+    assert [r["transition"] for r in rows] == ["Q = 0", "gradual Q=3 ep cubic", "VCON Q=3 ep linear"]
+    assert [r["_gains"] for r in rows if "_gains" in r] == PAIRED and "gain_mean" in rows[2]
 
 
 def test_other_compressions_are_not_paired_with_each_other():

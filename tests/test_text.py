@@ -206,6 +206,26 @@ def test_bad_text_settings_are_refused_before_anything_loads(overrides, message)
     assert message in str(refused.value)
 
 
+def test_each_input_kind_owns_its_example_input_what_a_saved_model_takes_along_and_cuda_graphs(tmp_path):
+    """What differs between images and texts is their INPUTS entry's: export's example input, found from the built
+    model itself; what goes beside a model saved in transformers format (a text model's tokenizer); whether CUDA
+    graphs can replay its steps (not with a length per batch)."""
+    import transformers
+
+    for name, capturable in (("vit-micro-scratch", True), ("bert-micro-scratch", False)):
+        cfg = make_config(f"model={name}").model
+        kind = model.input_kind(cfg)
+        net = model.build(cfg, 3).eval()
+        example = model.example_inputs(net, 2)
+        with torch.inference_mode():
+            assert list(example) == [kind.main_input] and net(**example).logits.shape == (2, 3)
+        assert kind.capturable is capturable
+        kind.save_with(tmp_path / name, cfg)
+    assert not (tmp_path / "vit-micro-scratch").exists()  # an image model takes nothing along
+    saved = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "bert-micro-scratch"))
+    assert saved.get_vocab() == text.tokenizer(model.asset("bert-micro")).get_vocab()
+
+
 @pytest.mark.slow
 def test_text_presets_fail_at_once_without_the_hub(tmp_path):
     for env in ({}, {"HF_HUB_OFFLINE": "1"}):

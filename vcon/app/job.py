@@ -23,7 +23,6 @@ from vcon.compression import Compression
 from vcon.compression import from_config as compression_from_config
 from vcon.core import targets
 from vcon.core.controller import plan
-from vcon.data import text
 from vcon.errors import ConfigError, require
 from vcon.method import Method
 from vcon.method import from_config as method_from_config
@@ -44,8 +43,7 @@ def check(cfg: Any) -> tuple[Compression, Method]:
         allowed = sorted(name for name, loader in data.LOADERS.items() if loader.inputs == taken)
         raise ConfigError(f"data={cfg.data.name} is not allowed with model={cfg.model.name}: the data is {given}, "
                           f"the model takes {taken}; allowed data for it: {allowed}")
-    if taken == "text":
-        text.check_max_length(cfg.data, cfg.model)
+    model.input_kind(cfg.model).check_with(cfg.data, cfg.model)
     targets.check(cfg.target)
     compression, method = compression_from_config(cfg.compression), method_from_config(cfg.method)
     method.check(compression)

@@ -65,11 +65,11 @@ def _labelled(fig: plt.Figure, ax: plt.Axes, **labels: str) -> plt.Figure:
 
 def accuracy_per_epoch(runs: list[dict[str, Any]]) -> plt.Figure:
     """Validation accuracy of the β = 0 model per epoch, mean ± std over seeds; dense runs as a dashed reference."""
-    compressions = sorted({sweep.describe(r["identity"])[0] for r in runs} - {"dense"})
-    dense = [r for r in runs if sweep.describe(r["identity"])[0] == "dense"]
-    fig, axes = plt.subplots(1, max(1, len(compressions)), figsize=(5 * max(1, len(compressions)), 3.8),
-                             squeeze=False, sharey=True)
-    for ax, name in zip(axes[0], compressions or ["dense"], strict=False):
+    dense = [r for r in runs if sweep.dense(r["identity"])]
+    compressions = sorted({sweep.describe(r["identity"])[0] for r in runs if not sweep.dense(r["identity"])})
+    panels = compressions or [sweep.describe(dense[0]["identity"])[0]]  # dense runs only: a panel of their own
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False, sharey=True)
+    for ax, name in zip(axes[0], panels, strict=False):
         members = [r for r in runs if sweep.describe(r["identity"])[0] == name]
         for transition, group in sorted(_by(members, lambda r: sweep.describe(r["identity"])[1]).items()):
             curves = [[results.val_headline(h) for h in r["results"]["history"]] for r in group]
@@ -79,7 +79,7 @@ def accuracy_per_epoch(runs: list[dict[str, Any]]) -> plt.Figure:
             mean = [m for m, _ in stats]
             ax.plot(epochs, mean, marker="o", ms=3, label=f"{transition} (n={len(group)})")
             ax.fill_between(epochs, [m - s for m, s in stats], [m + s for m, s in stats], alpha=0.2)
-        if dense and name != "dense":
+        if dense and compressions:
             curves = [[results.val_headline(h) for h in r["results"]["history"]] for r in dense]
             ax.plot(range(1, len(curves[0]) + 1), [statistics.fmean(c) for c in zip(*curves, strict=False)], "k--",
                     lw=1, label="dense fine-tuning")

@@ -19,7 +19,7 @@ from vcon.app.identity import identity
 from vcon.atomic import write_atomic
 from vcon.compression import from_config
 from vcon.errors import ConfigError
-from vcon.method import VCON
+from vcon.method import VCON, Gradual
 from vcon.method import from_config as method_from_config
 from vcon.schedule import transition_length
 from vcon.train.results import headline
@@ -29,14 +29,30 @@ def describe(ident: dict[str, Any]) -> tuple[str, str]:
     """(compression, transition) in words: ('prune 0.9 layer', 'VCON Q=3 ep linear'), 'gradual Q=3 ep cubic',
     'one-shot'; each compression and method names itself (``describe``)."""
     compression = _in_words(from_config, ident["compression"])
-    vcon = ident.get("vcon")
-    if vcon is None:
+    if dense(ident):
         return compression, "–"
-    q, unit = transition_length(vcon)
-    if q == 0:
+    if one_shot(ident):
         return compression, "one-shot"
+    vcon = ident["vcon"]
+    q, unit = transition_length(vcon)
     method = method_of(ident)
     return compression, f"{method} Q={q} steps {vcon['shape']}" if unit == "steps" else f"{method} Q={q:g} ep {vcon['shape']}"
+
+
+def dense(ident: dict[str, Any]) -> bool:
+    """Whether the run is dense fine-tuning: it has no transition (identity.py leaves it out)."""
+    return ident.get("vcon") is None
+
+
+def one_shot(ident: dict[str, Any]) -> bool:
+    """Whether the run compresses at once: Q = 0, whatever its method."""
+    return not dense(ident) and transition_length(ident["vcon"])[0] == 0
+
+
+def method_name(ident: dict[str, Any]) -> str | None:
+    """The run's method by its registry name ('vcon' also where the identity has no method section), None for a
+    dense run."""
+    return None if dense(ident) else ident.get("method", {}).get("name", VCON.name)
 
 
 def method_of(ident: dict[str, Any]) -> str:
@@ -101,6 +117,7 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         row = {"model": ident["model"]["name"], "data": data, "compression": compression,
                "transition": transition, "runs": len(members), "done": len(done),
                "failed": sum(r["status"] == "failed" for r in members), "_ident": ident,
+               "_method": method_name(ident), "_one_shot": one_shot(ident),
                "_acc": {r["identity"]["seed"]: headline(r["results"])[1] for r in done}}
         if done:
             row["metric"] = headline(done[0]["results"])[0]
@@ -115,15 +132,14 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     if batch.startswith("batch_"):
                         row[f"cpu_ms_{batch}_dense"], row[f"cpu_ms_{batch}_exported"] = t["dense_ms"], t["exported_ms"]
         rows.append(row)
-    order = {"one-shot": 0, "gradual": 1}  # then VCON: each compression's baselines before it
-    rows.sort(key=lambda r: (r["compression"] != "dense", r["model"], r["data"], r["compression"],
-                             order.get(r["transition"].split(" Q=")[0], 2), r["transition"]))
+    rows.sort(key=lambda r: (not dense(r["_ident"]), r["model"], r["data"], r["compression"], _rank(r),
+                             r["transition"]))
     for row in rows:  # VCON against one-shot and gradual compression of the same compression, seed by seed
-        if not row["transition"].startswith("VCON"):
+        if row["_method"] != VCON.name or row["_one_shot"]:
             continue
         row["_gains"] = {}
         for baseline, key in BASELINES.items():
-            twin = next((r for r in rows if _baseline_of(r, row) == baseline), None)
+            twin = next((r for r in rows if r["_acc"] and _baseline_of(r, row) == baseline), None)
             gains = [acc - twin["_acc"][seed] for seed, acc in row["_acc"].items() if seed in twin["_acc"]] if twin else []
             if gains:
                 row["_gains"][baseline] = gains
@@ -134,14 +150,19 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 BASELINES = {"one-shot": "gain", "gradual": "gain_gradual"}  # what VCON is compared with, and its columns' names
 
 
+def _rank(row: dict[str, Any]) -> int:
+    """Each compression's baselines (one-shot, gradual) before VCON."""
+    return 0 if row["_one_shot"] else 1 if row["_method"] == Gradual.name else 2
+
+
 def _baseline_of(candidate: dict[str, Any], row: dict[str, Any]) -> str | None:
     """Which baseline of the VCON ``row`` the ``candidate`` row is: the one-shot run of the same settings, the
     gradual run of the same settings and Q (its schedule's shape may differ), or neither (None)."""
     if _without(candidate["_ident"], "seed", "vcon", "method") != _without(row["_ident"], "seed", "vcon", "method"):
         return None
-    if candidate["transition"] == "one-shot":
+    if candidate["_one_shot"]:
         return "one-shot"
-    gradual = candidate["_ident"].get("method", {}).get("name") == "gradual"
+    gradual = candidate["_method"] == Gradual.name
     same_q = transition_length(candidate["_ident"]["vcon"]) == transition_length(row["_ident"]["vcon"])
     return "gradual" if gradual and same_q else None
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from vcon import hub
 from vcon.data.augment import Pipeline
-from vcon.data.text import TextPipeline, tokenizer, tokenizer_name
+from vcon.data.text import TextPipeline, check_max_length, tokenizer, tokenizer_name
 from vcon.errors import require
 from vcon.schema import MAPPING, check_settings, integer, items, number, one_of, optional, registered, setting, text
 
@@ -70,38 +70,55 @@ def _text_scratch(cfg: Any) -> dict[str, Any]:
     return {"vocab_size": len(tok), "pad_token_id": tok.pad_token_id}
 
 
-def _image_example(config: Any, batch: int) -> dict[str, torch.Tensor]:
-    return {"pixel_values": torch.randn(batch, config.num_channels, config.image_size, config.image_size)}
+def _image_example(config: Any, batch: int) -> torch.Tensor:
+    return torch.randn(batch, config.num_channels, config.image_size, config.image_size)
 
 
-def _text_example(config: Any, batch: int, length: int = 128) -> dict[str, torch.Tensor]:
-    return {"input_ids": torch.randint(0, config.vocab_size, (batch, min(length, config.max_position_embeddings)))}
+def _text_example(config: Any, batch: int, length: int = 128) -> torch.Tensor:
+    return torch.randint(0, config.vocab_size, (batch, min(length, config.max_position_embeddings)))
+
+
+def _save_tokenizer(folder: Path, cfg: Any) -> None:
+    tokenizer(tokenizer_name(cfg)).save_pretrained(folder)
 
 
 @dataclasses.dataclass(frozen=True)
 class Inputs:
-    """What a model takes: its transformers auto class, its checks, the pipeline that turns a dataset's batches into
-    its keyword arguments, an example input (export's measurements), and what a model built from its config takes
-    from elsewhere."""
+    """What a model takes: its transformers auto class, the keyword argument it takes them by (its
+    ``main_input_name``: how a built model says which kind it is), its checks (alone, and the data's keys against
+    it), the pipeline that turns a dataset's batches into its keyword arguments, a random batch of its main input
+    (export's measurements), what a model built from its config takes from elsewhere, and what goes beside it when it
+    is saved in transformers format."""
 
     auto_class: str
+    main_input: str
     check: Callable[[Any], None]
     pipeline: Callable[..., Any]
-    example: Callable[[Any, int], dict[str, torch.Tensor]]
+    example: Callable[[Any, int], torch.Tensor]
+    check_with: Callable[[Any, Any], None] = lambda data_cfg, model_cfg: None
     scratch: Callable[[Any], dict[str, Any]] = lambda cfg: {}
+    save_with: Callable[[Path, Any], None] = lambda folder, cfg: None
+    capturable: bool = True  # a training step that CUDA graphs can replay: its batches all have one shape
     schema: type = ModelConfig  # its keys (vcon/schema.py)
 
 
 INPUTS = {
-    "image": Inputs("AutoModelForImageClassification", _check_image, _image_pipeline, _image_example,
+    "image": Inputs("AutoModelForImageClassification", "pixel_values", _check_image, _image_pipeline, _image_example,
                     schema=ImageModel),
-    "text": Inputs("AutoModelForSequenceClassification", _check_text, _text_pipeline, _text_example, _text_scratch,
+    "text": Inputs("AutoModelForSequenceClassification", "input_ids", _check_text, _text_pipeline, _text_example,
+                   check_with=check_max_length, scratch=_text_scratch, save_with=_save_tokenizer,
+                   capturable=False,  # each batch has its own length (padded to its longest text)
                    schema=TextModel),
 }
 
 
 def inputs(cfg: Any) -> str:
     return cfg.get("inputs", "image")
+
+
+def input_kind(cfg: Any) -> Inputs:
+    """The entry of ``INPUTS`` for what the configured model takes."""
+    return INPUTS[inputs(cfg)]
 
 
 def check(cfg: Any) -> None:
@@ -111,7 +128,7 @@ def check(cfg: Any) -> None:
     key, what = (("pretrained", FOLDER_OR_HUB_ID.text) if cfg.source == "pretrained" else
                  ("config", "transformers' settings of the model, for AutoConfig.for_model"))
     require(cfg.get(key) is not None, f"model.{key}", cfg.get(key), f"{what} (model.source={cfg.source})")
-    INPUTS[inputs(cfg)].check(cfg)
+    input_kind(cfg).check(cfg)
 
 
 def needs_hub(cfg: Any) -> bool:
@@ -121,8 +138,8 @@ def needs_hub(cfg: Any) -> bool:
 
 def example_inputs(model: nn.Module, batch: int) -> dict[str, torch.Tensor]:
     """Random inputs of the kind ``model`` takes (``export``'s latency and checks)."""
-    kind = "image" if hasattr(model.config, "image_size") else "text"
-    return INPUTS[kind].example(model.config, batch)
+    kind = {kind.main_input: kind for kind in INPUTS.values()}[model.main_input_name]  # what the model says it takes
+    return {kind.main_input: kind.example(model.config, batch)}
 
 
 _SKELETONS: dict[str, nn.Module] = {}  # by model config: a sweep's checks build each model's once
@@ -153,7 +170,7 @@ def build(cfg: Any, num_classes: int) -> nn.Module:
     import transformers
 
     check(cfg)
-    kind = INPUTS[inputs(cfg)]
+    kind = input_kind(cfg)
     auto = getattr(transformers, kind.auto_class)
     if cfg.source == "scratch":
         return auto.from_config(transformers.AutoConfig.for_model(**cfg.config, **kind.scratch(cfg),

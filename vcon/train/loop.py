@@ -22,7 +22,6 @@ from vcon import data, model, schedule
 from vcon.compression import Compression
 from vcon.core import targets
 from vcon.core.controller import Controller, compress_
-from vcon.data import text
 from vcon.data.augment import Pipeline
 from vcon.errors import Diverged, require
 from vcon.method import VCON, Method
@@ -81,8 +80,7 @@ class Progress:
 def build_dense(cfg: Any, num_classes: int, device: torch.device) -> tuple[nn.Module, Pipeline]:
     """The configured model on ``device``, not yet compressed, and its input pipeline."""
     net = model.build(cfg.model, num_classes).to(device)
-    pipeline = model.INPUTS[model.inputs(cfg.model)].pipeline(cfg, net, num_classes, device,
-                                                              compiles(cfg.train, device))
+    pipeline = model.input_kind(cfg.model).pipeline(cfg, net, num_classes, device, compiles(cfg.train, device))
     return net, pipeline
 
 
@@ -151,8 +149,8 @@ class Training:
         if state:
             self.controller.load_state_dict(state["controller"])  # first: at β = 0 the originals are gone
         self.step = build_step(self.net, self.pipeline, self.t, self.steps_per_epoch, total_steps, device, world,
-                               self.controller.beta, capturable=method.capturable and
-                               model.inputs(cfg.model) == "image")  # texts: each batch has its own length
+                               self.controller.beta,
+                               capturable=method.capturable and model.input_kind(cfg.model).capturable)
         if state:
             self.resume(state)
         self.resumed = state is not None
@@ -358,8 +356,7 @@ class Training:
         }
         if self.cfg.save_pretrained:
             self.net.save_pretrained(self.run_dir / "pretrained")
-            if model.inputs(self.cfg.model) == "text":  # the tokenizer goes with it
-                text.tokenizer(text.tokenizer_name(self.cfg.model)).save_pretrained(self.run_dir / "pretrained")
+            model.input_kind(self.cfg.model).save_with(self.run_dir / "pretrained", self.cfg.model)  # a tokenizer
         results.write(summary, self.run_dir)
         if self.cfg.get("export"):  # real compressed storage of the β = 0 model, its figures added to results.json
             from vcon import export
