@@ -99,3 +99,24 @@ def parquet_copy(folder, root):
                                             "label": [classes.index(f.parent.name) for f in files]}, features)
         table.to_parquet(root / "data" / f"{name}-00000-of-00001.parquet")
     return root
+
+
+def tiny_vit(layers: int = 3):
+    """A ViT of ``layers`` blocks, hidden 32, on 16 px grey images: the unit tests' model (seeded)."""
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    return ViTForImageClassification(ViTConfig(hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
+                                               intermediate_size=64, image_size=16, patch_size=4, num_channels=1,
+                                               num_labels=4))
+
+
+def tiny_bert():
+    """A two-block BERT, hidden 32, vocabulary 50, three labels (seeded)."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    return BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2,
+                                                    num_attention_heads=2, intermediate_size=64, num_labels=3))

@@ -31,7 +31,8 @@ def test_option_composes_and_checks(config, group, option):
     elif group in ("model", "data"):
         assert cfg[group].name == option
     elif group == "compression":
-        assert cfg.compression.name == ("chain" if option == "prune-quant" else option)
+        named = {"prune-quant": "chain"} | {o: "recipe" for o in GROUPS["compression"] if o.startswith("recipe-")}
+        assert cfg.compression.name == named.get(option, option)
     elif group == "method":
         assert cfg.method.name == option
     if option in ("imagefolder", "imagenet", "text-files"):

@@ -4,25 +4,12 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_bert, tiny_vit
 from torch import nn
-from transformers import BertConfig, BertForSequenceClassification, ViTConfig, ViTForImageClassification
 
 from vcon import Chain, Controller, LowRank, Prune, Quant, Schedule, compress_
 from vcon.errors import ConfigError
 from vcon.method.blend import BlendedBranches, BlendedLinear
-
-
-def tiny_vit() -> nn.Module:
-    torch.manual_seed(0)
-    return ViTForImageClassification(ViTConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
-                                               intermediate_size=64, image_size=16, patch_size=4, num_channels=1,
-                                               num_labels=4))
-
-
-def tiny_bert() -> nn.Module:
-    torch.manual_seed(0)
-    return BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2,
-                                                    num_attention_heads=2, intermediate_size=64, num_labels=3))
 
 
 def blended(model: nn.Module) -> dict[str, nn.Module]:

@@ -4,9 +4,8 @@ import dataclasses
 
 import pytest
 import torch
-from conftest import QUICK, make_config, requires_fashion_mnist
+from conftest import QUICK, make_config, requires_fashion_mnist, tiny_vit
 from torch import nn
-from transformers import ViTConfig, ViTForImageClassification
 
 from vcon import Chain, LowRank, Prune, Quant, Schedule, compress_
 from vcon.app import identity, job
@@ -20,12 +19,6 @@ from vcon.train import loop as train
 
 Q = 4
 
-
-def tiny_vit() -> nn.Module:
-    torch.manual_seed(0)
-    return ViTForImageClassification(ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                               intermediate_size=64, image_size=16, patch_size=4, num_channels=1,
-                                               num_labels=4))
 
 
 def run_weights(controller) -> list[torch.Tensor]:
@@ -63,7 +56,7 @@ def ranks(weights):
     (LowRank(rank=4), ranks, ([32] * 12, [18] * 12, [4] * 12)),  # full rank 32, halfway 18, then the target
 ], ids=["prune", "prune row", "prune 2:4", "binary", "4-bit", "low rank"])
 def test_each_ramp_at_its_start_middle_and_end(compression, measure, expected):
-    controller = compress_(tiny_vit(), compression, schedule=Schedule("linear", Q), method=Gradual(svd_every=1))
+    controller = compress_(tiny_vit(2), compression, schedule=Schedule("linear", Q), method=Gradual(svd_every=1))
     dense = [w.clone() for w in run_weights(controller)]  # β = 1: the latent weights themselves
     measure = changed(dense) if measure == "changed" else measure
     seen = []
@@ -83,7 +76,7 @@ def test_each_ramp_at_its_start_middle_and_end(compression, measure, expected):
 
 
 def test_gradual_low_rank_trains_only_the_directions_it_runs():
-    controller = compress_(tiny_vit(), LowRank(rank=4), schedule=Schedule("linear", Q), method=Gradual(svd_every=1))
+    controller = compress_(tiny_vit(2), LowRank(rank=4), schedule=Schedule("linear", Q), method=Gradual(svd_every=1))
     for _ in range(Q // 2):
         controller.step()
     controller.model(pixel_values=torch.randn(8, 1, 16, 16)).logits.square().sum().backward()
@@ -109,7 +102,7 @@ def test_gradual_defaults_to_zhu_and_guptas_cubic_ramp():
     cfg = make_config("method=gradual")
     assert (cfg.method.name, cfg.vcon.shape) == ("gradual", "cubic")
     assert make_config("method=gradual", "schedule=linear").vcon.shape == "linear"  # any shape may replace it
-    controller = compress_(tiny_vit(), Prune(ratio=0.9), schedule=Schedule("cubic", 10), method=Gradual())
+    controller = compress_(tiny_vit(2), Prune(ratio=0.9), schedule=Schedule("cubic", 10), method=Gradual())
     for t in range(10):
         assert controller.scalars()["gradual/zeros"] == pytest.approx(0.9 * (1 - (1 - t / 10) ** 3))
         controller.step()
@@ -192,7 +185,7 @@ def test_bad_gradual_settings_are_refused_before_anything_loads(overrides, messa
 
 def test_a_target_rank_the_ramp_cannot_reach_is_refused():
     with pytest.raises(ConfigError, match="compression.rank=40 is not allowed: expected at most 32"):
-        compress_(tiny_vit(), LowRank(rank=40), schedule=Schedule("cubic", Q), method=Gradual())
+        compress_(tiny_vit(2), LowRank(rank=40), schedule=Schedule("cubic", Q), method=Gradual())
 
 
 def test_gradual_with_cuda_graph_auto_is_never_captured():
@@ -208,7 +201,7 @@ def test_gradual_with_cuda_graph_auto_is_never_captured():
 
 def test_prune_quant_ramps_both_together():
     chain = Chain(steps=[{"name": "prune", "ratio": 0.5}, {"name": "quant", "bits": 1}])
-    controller = compress_(tiny_vit(), chain, schedule=Schedule("linear", Q), method=Gradual())
+    controller = compress_(tiny_vit(2), chain, schedule=Schedule("linear", Q), method=Gradual())
     controller.step()
     controller.step()
     assert controller.scalars() == {"vcon/beta": 0.5, "gradual/strength": 0.5, "gradual/zeros": 0.25,
@@ -239,19 +232,19 @@ class HalveGrowingIn(Halve):
 
 
 def test_a_module_compression_without_a_gradual_form_is_refused_before_the_model_changes():
-    model = tiny_vit()
+    model = tiny_vit(2)
     dense = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(ConfigError, match=r"method=gradual is not allowed with compression=halve: Halve has no "
                                           r"gradual form .*allowed: method=vcon"):
         compress_(model, Halve(), schedule=Schedule("linear", Q), method=Gradual())
     assert model.state_dict().keys() == dense.keys() and all(torch.equal(v, dense[k]) for k, v in
                                                              model.state_dict().items())
-    vcon = compress_(tiny_vit(), Halve(), schedule=Schedule("linear", Q))  # method=vcon needs nothing more
+    vcon = compress_(tiny_vit(2), Halve(), schedule=Schedule("linear", Q))  # method=vcon needs nothing more
     assert all(type(vcon.model.get_submodule(n)) is BlendedBranches for n in vcon.names)
 
 
 def test_a_module_compression_grows_in_as_its_grow_in_says():
-    controller = compress_(tiny_vit(), HalveGrowingIn(), schedule=Schedule("linear", Q), method=Gradual())
+    controller = compress_(tiny_vit(2), HalveGrowingIn(), schedule=Schedule("linear", Q), method=Gradual())
     layers = [controller.model.get_submodule(n) for n in controller.names]
     assert all(type(layer) is BlendedBranches for layer in layers)
     x = torch.randn(2, 1, 16, 16)

@@ -122,3 +122,18 @@ def test_a_job_refused_for_its_method_settings_gets_a_row_with_its_error():
     table = sweep.markdown(rows, swept)
     assert f"| {compression} | {transition} | 1 (0/1) | – |" in table
     assert f"* `{failed['dir']}`: ConfigError: ... is not allowed" in table
+
+
+def test_a_recipe_is_tabled_in_a_few_words_with_each_groups_figures():
+    groups = {"attention": {"zero_fraction": 0.0, "bits_per_weight": 1.01, "params_before": 64, "params_after": 64},
+              "mlp": {"zero_fraction": 0.95, "bits_per_weight": 2.6, "params_before": 128, "params_after": 7}}
+    rs = runs("recipe-attention-binary-mlp-prune")
+    for r in rs:
+        r["results"]["compression"]["groups"] = groups
+    rows = sweep.summarize(rs)
+    assert rows[0]["compression"] == "attention: binary; mlp: prune 0.95 layer"
+    assert [r["transition"] for r in rows] == ["one-shot", "gradual Q=3 ep cubic", "VCON Q=3 ep linear"]
+    assert rows[2]["gain_mean"] == pytest.approx(5.17, abs=0.01)  # paired with its own one-shot runs, as any
+    table = sweep.markdown(rows, rs)
+    assert ("* attention: binary; mlp: prune 0.95 layer: attention: 1.01 bits/weight, 0.0 % zeros, 64 / 64 params; "
+            "mlp: 2.60 bits/weight, 95.0 % zeros, 7 / 128 params") in table

@@ -124,6 +124,10 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             _put_mean_std(row, "test", list(row["_acc"].values()))
             figures = done[0]["results"]["compression"]
             row.update({k: figures[k] for k in ("zero_fraction", "bits_per_weight", "params_before", "params_after")})
+            if "groups" in figures:  # a recipe: each group's figures beside the totals
+                row["groups"] = "; ".join(f"{g}: {f['bits_per_weight']:.2f} bits/weight, {100 * f['zero_fraction']:.1f} "
+                                          f"% zeros, {f['params_after']:,} / {f['params_before']:,} params"
+                                          for g, f in figures["groups"].items())
             exported = done[0]["results"].get("export")  # present when the run was exported (vcon/export.py)
             if exported:
                 row.update(bytes_on_disk=exported["bytes"]["file"],
@@ -170,7 +174,7 @@ def _baseline_of(candidate: dict[str, Any], row: dict[str, Any]) -> str | None:
 COLUMNS = ["model", "data", "compression", "transition", "runs", "done", "failed", "metric", "test_mean", "test_std",
            "gain_mean", "gain_std", "gain_gradual_mean", "gain_gradual_std", "zero_fraction", "bits_per_weight", "params_before", "params_after",
            "bytes_on_disk", "dense_bytes_on_disk", "cpu_ms_batch_1_dense", "cpu_ms_batch_1_exported",
-           "cpu_ms_batch_64_dense", "cpu_ms_batch_64_exported"]
+           "cpu_ms_batch_64_dense", "cpu_ms_batch_64_exported", "groups"]
 
 
 def markdown(rows: list[dict[str, Any]], runs: list[dict[str, Any]]) -> str:
@@ -192,6 +196,9 @@ def markdown(rows: list[dict[str, Any]], runs: list[dict[str, Any]]) -> str:
                      f"{r['runs']} ({r['done']}/{r['failed']}) | {pm(r, 'test')} | {pm(r, 'gain', True)} | "
                      f"{pm(r, 'gain_gradual', True)} | "
                      f"{figures} | {_on_disk(r)} |")
+    recipes = [r for r in rows if "groups" in r]
+    if recipes:  # the totals are in the table, each group's figures here
+        lines += ["", "Recipes, group by group:", ""] + [f"* {r['compression']}: {r['groups']}" for r in recipes]
     failures = [r for r in runs if r["status"] != "done"]
     if failures:
         lines += ["", "Not finished:", ""] + [f"* `{r['dir']}`: {r.get('error', 'unfinished')}" for r in failures]
