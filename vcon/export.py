@@ -38,7 +38,8 @@ from vcon.compression import Packed, from_config, to_config
 from vcon.compression.recipe import config_of
 from vcon.core.controller import Controller
 from vcon.errors import ExportError
-from vcon.method.blend import finalize_, plain_linear
+from vcon.layers import LAYERS
+from vcon.method.blend import finalize_
 
 CONFIG, WEIGHTS, FIGURES = "config.json", "model.safetensors", "export.json"
 KEY = "vcon_export"
@@ -154,7 +155,7 @@ def dense_twin(net: nn.Module, names: list[str]) -> nn.Module:
         for name in names:
             module = twin.get_submodule(name)
             if not isinstance(module, nn.Linear):  # low rank's factors: their product
-                twin.set_submodule(name, plain_linear(nn.Parameter(module.dense_weight()), module.bias))
+                twin.set_submodule(name, LAYERS["Linear"].plain(nn.Parameter(module.dense_weight()), module.bias))
     return twin.eval()
 
 

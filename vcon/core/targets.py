@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 from torch import nn
 
 from vcon.errors import ConfigError, require
+from vcon.layers import LAYERS, kind_of
 
 WITHIN = ("blocks", "all")
 FilterFn = Callable[[nn.Module, str], bool]
@@ -48,13 +49,10 @@ def in_blocks(model: nn.Module, types: Sequence[type] = (nn.Linear,)) -> FilterF
     return lambda module, name: isinstance(module, tuple(types)) and name.startswith(prefixes)
 
 
-COMPRESSIBLE = {"Linear": nn.Linear}  # what every compression turns into its compressed form (subclasses too)
-
-
 def _module_type(name: str) -> type:
-    require(name in COMPRESSIBLE, "target.types", name,
-            f"one of {sorted(COMPRESSIBLE)}: the torch.nn layers vcon compresses (their subclasses included)")
-    return COMPRESSIBLE[name]
+    require(name in LAYERS, "target.types", name,
+            f"one of {sorted(LAYERS)}: the torch.nn layers vcon compresses (their subclasses included)")
+    return LAYERS[name].type
 
 
 def check(cfg: Any) -> tuple[type, ...]:
@@ -84,10 +82,10 @@ def matching(model: nn.Module, filter_fn: FilterFn) -> dict[str, nn.Module]:
     chosen = {name: module for name, module in model.named_modules() if name and filter_fn(module, name)}
     what = getattr(filter_fn, "description", "filter_fn")
     foreign = [f"{name} ({type(m).__name__})" for name, m in chosen.items()
-               if not isinstance(m, tuple(COMPRESSIBLE.values()))]
+               if kind_of(m) is None]
     if foreign:
         raise ConfigError(f"{what} picks {len(foreign)} module(s) that vcon cannot compress, e.g. {foreign[0]}; "
-                          f"allowed: torch.nn {sorted(COMPRESSIBLE)} (subclasses included)")
+                          f"allowed: torch.nn {sorted(LAYERS)} (subclasses included)")
     if not chosen:
         linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][:8]
         raise ConfigError(f"{what} matches no module of this {type(model).__name__}; its nn.Linear modules include "

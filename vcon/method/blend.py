@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vcon.layers import kind_of
 from vcon.method.base import Method
 from vcon.method.vcon import VCON
 
@@ -124,6 +125,7 @@ class BlendedLinear(nn.Module):
         super().__init__()
         self.weight = linear.weight
         self.bias = linear.bias
+        self.kind = kind_of(linear)  # what it becomes again once finalized (vcon.layers)
         self.compression = compression
         self.beta = beta
         self.gradual = gradual
@@ -160,7 +162,7 @@ class BlendedLinear(nn.Module):
         """The plain layer this one is at β = 0: an ``nn.Linear`` whose weight holds ``C(W)`` (written into the
         latent weight's parameter, which it keeps), so the model's own transformers class loads it."""
         self.weight.copy_(self.compression.compress(self.weight))
-        return plain_linear(self.weight, self.bias)
+        return self.kind.plain(self.weight, self.bias)
 
 
 class BlendedBranches(nn.Module):
@@ -289,19 +291,14 @@ def finalize_(model: nn.Module, names: list[str]) -> None:
     unhook(model)
 
 
-def plain_linear(weight: nn.Parameter, bias: nn.Parameter | None) -> nn.Linear:
-    """An ``nn.Linear`` holding these parameters themselves."""
-    with torch.device("meta"):  # its own initial weights would be replaced at once
-        linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
-    linear.weight, linear.bias = weight, bias
-    return linear
-
-
 def original_shape(module: nn.Module) -> torch.Size:
-    """(out, in) of the linear layer that ``module`` compresses: blended, finalized or left dense."""
+    """(out, in) of the layer that ``module`` compresses: blended, finalized or left dense (``vcon.layers``)."""
     if isinstance(module, (BlendedLinear, BlendedBranches)):
         return torch.Size(module.original_shape)
-    return torch.Size([module.out_features, module.in_features])
+    kind = kind_of(module)
+    if kind is not None:
+        return kind.shape(module)
+    return torch.Size([module.out_features, module.in_features])  # a finalized runtime (low rank's) says its own
 
 
 def drop_originals(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> int:
