@@ -250,6 +250,9 @@ class Precompute:
         self.layers, self.compression, self.beta, self.strength = layers, compression, beta, strength
         self.linears = [layer for layer in layers if isinstance(layer, BlendedLinear)]
         self.own = [layer for layer in layers if hasattr(layer, "prepare")]  # e.g. gradual low rank's projections
+        self.handles = []
+        if not (self.linears or self.own):  # e.g. VCON's low rank: its factors compute their own weight
+            return
         self.handles = [model.register_forward_pre_hook(self.before), model.register_forward_hook(self.after)]
         model.__dict__.setdefault(_HOOKS, []).append(self)  # a plain attribute: not a submodule, not in a state dict
 
