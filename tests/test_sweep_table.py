@@ -137,3 +137,4 @@ def test_a_recipe_is_tabled_in_a_few_words_with_each_groups_figures():
     table = sweep.markdown(rows, rs)
     assert ("* attention: binary; mlp: prune 0.95 layer: attention: 1.01 bits/weight, 0.0 % zeros, 64 / 64 params; "
             "mlp: 2.60 bits/weight, 95.0 % zeros, 7 / 128 params") in table
+    assert table.count("* attention: binary") == 1  # once, though three rows have it

@@ -125,9 +125,7 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             figures = done[0]["results"]["compression"]
             row.update({k: figures[k] for k in ("zero_fraction", "bits_per_weight", "params_before", "params_after")})
             if "groups" in figures:  # a recipe: each group's figures beside the totals
-                row["groups"] = "; ".join(f"{g}: {f['bits_per_weight']:.2f} bits/weight, {100 * f['zero_fraction']:.1f} "
-                                          f"% zeros, {f['params_after']:,} / {f['params_before']:,} params"
-                                          for g, f in figures["groups"].items())
+                row["groups"] = _groups_in_words(figures["groups"])
             exported = done[0]["results"].get("export")  # present when the run was exported (vcon/export.py)
             if exported:
                 row.update(bytes_on_disk=exported["bytes"]["file"],
@@ -149,6 +147,11 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 row["_gains"][baseline] = gains
                 _put_mean_std(row, key, gains)
     return rows
+
+
+def _groups_in_words(groups: dict[str, dict[str, Any]]) -> str:
+    return "; ".join(f"{g}: {f['bits_per_weight']:.2f} bits/weight, {100 * f['zero_fraction']:.1f} % zeros, "
+                     f"{f['params_after']:,} / {f['params_before']:,} params" for g, f in groups.items())
 
 
 BASELINES = {"one-shot": "gain", "gradual": "gain_gradual"}  # what VCON is compared with, and its columns' names
@@ -196,9 +199,9 @@ def markdown(rows: list[dict[str, Any]], runs: list[dict[str, Any]]) -> str:
                      f"{r['runs']} ({r['done']}/{r['failed']}) | {pm(r, 'test')} | {pm(r, 'gain', True)} | "
                      f"{pm(r, 'gain_gradual', True)} | "
                      f"{figures} | {_on_disk(r)} |")
-    recipes = [r for r in rows if "groups" in r]
+    recipes = {r["compression"]: r["groups"] for r in rows if "groups" in r}  # one line each, whatever its methods
     if recipes:  # the totals are in the table, each group's figures here
-        lines += ["", "Recipes, group by group:", ""] + [f"* {r['compression']}: {r['groups']}" for r in recipes]
+        lines += ["", "Recipes, group by group:", ""] + [f"* {name}: {groups}" for name, groups in recipes.items()]
     failures = [r for r in runs if r["status"] != "done"]
     if failures:
         lines += ["", "Not finished:", ""] + [f"* `{r['dir']}`: {r.get('error', 'unfinished')}" for r in failures]
