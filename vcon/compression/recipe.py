@@ -76,7 +76,7 @@ class Recipe(Compression):
         require(_group_mapping(self.groups), "compression.groups", self.groups, GROUPS.text)
         self.parts: dict[str, Group] = {str(k): _group(str(k), v) for k, v in self.groups.items()}
         self.groups = {k: group_config(g) for k, g in self.parts.items()}  # plain: the run's config and identity
-        if all(g.compression is None for g in self.parts.values()):
+        if all(g.compression is None or g.compression.dense for g in self.parts.values()):
             raise ConfigError(f"compression.groups={list(self.parts)} leave every module dense; allowed: at least one "
                               "group with a compression (or compression=none for the dense baseline)")
 
@@ -84,12 +84,11 @@ class Recipe(Compression):
     def of(cls, patterns: Mapping[str, Compression | None | Group]) -> "Recipe":
         """The library's form, torchao's: ``{pattern: compression}``, ``None`` for dense, ``"_default"`` for every
         module no pattern takes; each pattern is a group of its own name."""
-        groups = {k: v for k, v in patterns.items() if k != DEFAULT}
+        groups = {k: v if isinstance(v, Group) else Group((k,), v) for k, v in patterns.items() if k != DEFAULT}
         if DEFAULT in patterns:
-            groups["default"] = patterns[DEFAULT]
-            if not isinstance(patterns[DEFAULT], Group):
-                groups["default"] = Group(("*",), patterns[DEFAULT])
-        return cls({k: v if isinstance(v, Group) else Group((k,), v) for k, v in groups.items()})
+            default = patterns[DEFAULT]
+            groups["default"] = default if isinstance(default, Group) else Group(("*",), default)
+        return cls(groups)
 
     def describe(self) -> str:
         return "; ".join(f"{name}: {_describe(g.compression)}" for name, g in self.parts.items())
