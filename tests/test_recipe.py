@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import QUICK, make_config, requires_fashion_mnist, tiny_bert, tiny_vit
+from conftest import QUICK, make_config, requires_fashion_mnist, run_py, tiny_bert, tiny_vit
 from torch import nn
 
 from vcon import Group, LowRank, Prune, Quant, Recipe, Schedule, compress_, export
@@ -206,3 +206,13 @@ def test_a_groups_own_transition_is_part_of_the_run_identity():
     gradual = run_id(make_config(*one_shot, "+compression.groups.mlp.vcon.epochs=1", "method=gradual"))
     assert gradual != own  # and then the method matters
     assert run_id(make_config(*one_shot, "method=gradual")) == plain  # one-shot everywhere: the method does not
+
+
+def test_run_py_refuses_a_bad_group_in_one_line_before_anything_loads(tmp_path):
+    done = run_py(*QUICK, *RECIPE, "compression.groups.mlp.rank=100", f"hydra.run.dir={tmp_path / 'run'}")
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1] == ("vcon: error: compression.groups.mlp.rank=100 is not allowed: "
+                                                    "expected at most 64, the full rank of layer vit.layers.0.mlp.fc1 "
+                                                    "(256x64)")
+    assert "Traceback" not in done.stderr and "data fashion-mnist" not in done.stderr  # nothing was loaded
+    assert not (tmp_path / "run").exists()  # a refused run leaves no folder
