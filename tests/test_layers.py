@@ -9,14 +9,15 @@ ROOT = Path(__file__).resolve().parents[1] / "vcon"
 # Lowest first. A module's layer is that of the longest prefix of its name listed here.
 LAYERS = [
     ("foundation", ["vcon.errors", "vcon.schema", "vcon.atomic", "vcon.hub", "vcon.shipped", "vcon.layers"]),
-    ("schedule and methods", ["vcon.schedule", "vcon.method"]),
+    ("schedule, methods, distillation", ["vcon.schedule", "vcon.method", "vcon.distill"]),
     ("compressions", ["vcon.compression"]),
     ("the verb", ["vcon.core"]),
     ("inputs and integrations", ["vcon.data", "vcon.model", "vcon.export", "vcon.hf"]),
     ("training", ["vcon.train"]),
     ("the Hydra app", ["vcon.app"]),
 ]
-LIBRARY = ("foundation", "schedule and methods", "compressions", "the verb")  # torch only: no Hydra, no OmegaConf
+# the library: torch only, no Hydra, no OmegaConf
+LIBRARY = ("foundation", "schedule, methods, distillation", "compressions", "the verb")
 
 
 def modules() -> dict[str, Path]:

@@ -61,7 +61,8 @@ def test_a_bert_recipe_prunes_the_mlp_and_binarises_attention():
 def test_a_two_layer_mlp_recipe_by_exact_names():
     torch.manual_seed(0)
     mlp = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
-    controller = compress_(mlp, {"0": Prune(ratio=0.75), "2": LowRank(rank=2)}, filter_fn=lambda m, n: isinstance(m, nn.Linear))
+    controller = compress_(mlp, {"0": Prune(ratio=0.75), "2": LowRank(rank=2)},
+                           filter_fn=lambda m, n: isinstance(m, nn.Linear))
     assert kinds(controller) == {"0": "BlendedLinear", "2": "BlendedBranches"}
     x = torch.randn(5, 8)
     by_hand = Prune(ratio=0.75).compress(controller.model[0].weight)

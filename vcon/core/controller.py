@@ -65,7 +65,8 @@ class Controller:
 
     def __init__(self, model: nn.Module, compression: Compression | Recipe, schedule: Schedule, parts: list[Part],
                  method: Method = VCON) -> None:
-        self.model, self.compression, self.schedule, self.parts, self.method = model, compression, schedule, parts, method
+        self.model, self.compression, self.schedule, self.parts = model, compression, schedule, parts
+        self.method = method
         self.names = [name for part in parts if part.moves for name in part.names]
         moving = [part.beta for part in parts if part.moves] or [parts[0].beta]
         self.beta = moving[0] if len(moving) == 1 else Betas(moving)
