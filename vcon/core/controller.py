@@ -48,6 +48,7 @@ class Part:
     schedule: Schedule
     names: list[str]
     beta: Beta
+    layers: list[nn.Module] = dataclasses.field(default_factory=list)  # the modules now standing for ``names``
 
     @property
     def moves(self) -> bool:
@@ -98,10 +99,9 @@ class Controller:
             if not part.moves:
                 continue
             part.beta.value = part.schedule.beta(self.steps)
-            layers = [self.model.get_submodule(n) for n in part.names]
-            self.method.after_step(layers, self.steps, part.beta)
+            self.method.after_step(part.layers, self.steps, part.beta)
             if part.beta.value == 0:
-                dropped += sum(drop_originals(layer, optimizer) for layer in layers)
+                dropped += sum(drop_originals(layer, optimizer) for layer in part.layers)
         return dropped > 0
 
     def scalars(self) -> dict[str, float]:
@@ -173,11 +173,13 @@ class Controller:
         for part in self.parts:
             if part.moves:
                 part.beta.value = 0.0
-                for name in part.names:
-                    drop_originals(self.model.get_submodule(name), optimizer)
+                for layer in part.layers:
+                    drop_originals(layer, optimizer)
         if self.names:
             finalize_(self.model, self.names)
             _refuse_save_pretrained_of_factors(self.model, self.names)
+        for part in self.parts:  # the plain modules now in their place
+            part.layers = [self.model.get_submodule(n) for n in part.names]
         self.finalized = True
         return self.model
 
@@ -271,8 +273,9 @@ def _place(model: nn.Module, parts: list[Part], method: Method, recipe: Recipe |
     for name, module in built.items():
         model.set_submodule(name, module)
     for part in parts:
+        part.layers = [model.get_submodule(n) for n in part.names]
         if part.moves:
-            Precompute(model, [built[n] for n in part.names], part.compression, part.beta, method.strength)
+            Precompute(model, part.layers, part.compression, part.beta, method.strength)
 
 
 def _in_group(group: str, recipe: Recipe | None, build: Callable[[], Any]) -> Any:

@@ -92,7 +92,7 @@ def compress_target(cfg: Any, net: nn.Module, compression: Compression, beta_sch
         if keys is None or isinstance(keys, schedule.Schedule):
             return keys
         steps = {"steps": None} if "epochs" in keys else {}  # a group's Q in epochs replaces the run's Q in steps
-        merged = {"epochs": 0, "steps": None, "shape": cfg.vcon.shape} | dict(cfg.vcon) | steps | dict(keys)
+        merged = dict(cfg.vcon) | steps | dict(keys)
         return schedule.from_config(merged, steps_per_epoch, total_steps, key=f"compression.groups.{group}.vcon")
 
     return compress_(net, compression.scheduled(own_schedule), schedule=beta_schedule,
