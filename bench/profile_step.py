@@ -42,10 +42,10 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     print(f"launch latency: {launch_latency_us(device):.1f} us per tiny kernel")
-    overrides, beta_value = train_speed.CONFIGS[args.config]
+    overrides, beta_value, recipe = train_speed.CONFIGS[args.config]
     cfg = train_speed.compose_config(args.model, "paper", [*overrides, f"train.precision={args.precision}",
                                                            f"train.compile={args.compile}"])
-    controller, pipeline, step = train_speed.build(cfg, beta_value, device)
+    controller, pipeline, step = train_speed.build(cfg, beta_value, device, recipe)
     print("attention implementation:", controller.model.config._attn_implementation)
     images = train_speed.fake_cifar(cfg, device, 10_000)
     index = torch.randint(0, len(images), (128,), device=device)
