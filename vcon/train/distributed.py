@@ -2,6 +2,7 @@
 through submitit). One process is the plain case: every helper here then does nothing."""
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import os
 
@@ -54,6 +55,9 @@ def init(use_cuda: bool) -> World:
         if use_cuda:
             torch.cuda.set_device(world.local_rank)
         dist.init_process_group("nccl" if use_cuda else "gloo")
+        # left to interpreter teardown, the group's threads can outlive Python's and abort the process (SIGABRT,
+        # "terminate called without an active exception") after a run that finished well
+        atexit.register(dist.destroy_process_group)
     return world
 
 
