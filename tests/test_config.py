@@ -12,10 +12,11 @@ OPTIONS = [(group, option) for group, options in sorted(GROUPS.items()) for opti
 def test_the_tree_mirrors_the_code():
     from conftest import ROOT
 
-    assert set(GROUPS) == {"model", "data", "compression", "schedule", "method", "train", "experiment"}
+    assert set(GROUPS) == {"model", "data", "compression", "schedule", "method", "train", "experiment", "scan"}
     for group in ("model", "data", "compression", "method", "train"):  # a folder of the group's name, registry first
         assert (ROOT / "vcon" / group / "__init__.py").exists()
     assert (ROOT / "vcon" / "schedule.py").exists()  # one small module: the shapes of β
+    assert (ROOT / "vcon" / "core" / "scan.py").exists()  # the scan's library part; vcon-scan is vcon/app/scan.py
 
 
 @pytest.mark.parametrize("group, option", OPTIONS)

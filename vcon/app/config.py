@@ -28,7 +28,7 @@ from torch import nn
 from vcon import schedule
 from vcon.app import tracking
 from vcon.compression import REGISTRY
-from vcon.core import targets
+from vcon.core import scan, targets
 from vcon.data import LOADERS
 from vcon.errors import ConfigError, require
 from vcon.method import METHODS
@@ -156,6 +156,26 @@ class TrackingConfig:
 
 
 @dataclass
+class ScanBudgetConfig:
+    bits_per_weight: Optional[float] = setting(optional(POSITIVE_NUMBER, "a params budget instead"))
+    params: Optional[int] = setting(optional(integer(1), "a bits_per_weight budget instead"))
+
+
+@dataclass
+class ScanConfig:
+    """``conf/scan/*.yaml``: the sensitivity scan of ``vcon-scan`` (vcon/app/scan.py); in no run's identity."""
+
+    candidates: Any = options(lambda: REGISTRY, each=True)  # compression configs, each checked as compression's
+    per: str = setting(one_of(*scan.PER))
+    examples: int = setting(integer(1, means="validation examples scored"))
+    budget: ScanBudgetConfig = field(default_factory=ScanBudgetConfig)
+    proxy: bool = setting(FLAG)
+    proxy_batch_size: int = setting(integer(1))
+    name: str = setting(text("a name for the recipe file"))
+    out: str = setting(text("a folder"))
+
+
+@dataclass
 class Config:
     """The whole config, conf/config.yaml and its groups (``hydra:`` is Hydra's own, and typed by Hydra)."""
 
@@ -169,6 +189,7 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     vcon: ScheduleConfig = field(default_factory=ScheduleConfig)
+    scan: ScanConfig = field(default_factory=ScanConfig)  # vcon-scan's; not in the run identity
     # the groups whose options differ in their keys: each option's schema is its registry's
     model: Any = options(lambda: {name: kind.schema for name, kind in INPUTS.items()}, "inputs", inputs)
     data: Any = options(lambda: {name: loader.schema for name, loader in LOADERS.items()})
