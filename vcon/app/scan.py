@@ -123,9 +123,9 @@ def layout(net: nn.Module, cfg: Any, candidates: dict[str, Compression], plan: c
     budget and the candidates checked against them (shapes only: ``net`` may be a skeleton)."""
     names = list(targets.select(net, cfg.target))
     groups = core.groups_of(net, names, cfg.scan.per)
+    core.check_candidates(net, names, candidates)
     costs, weights = core.costs_of(net, groups, candidates, plan.key), core.weights_of(net, names)
     plan.check(costs, weights)
-    core.check_candidates(net, names, candidates)
     return names, groups, costs, weights
 
 
