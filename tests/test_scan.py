@@ -137,6 +137,7 @@ def test_a_budget_outside_the_allocations_is_refused(value, message):
     (["scan.candidates=[{name: quant, bits: 1}, {name: quant, bits: 1}]"], r"it repeats candidate 'binary'"),
     ([], r"scan.budget=nothing is not allowed: expected exactly one of scan.budget.bits_per_weight"),
     (["scan.budget.bits_per_weight=2", "scan.budget.params=1000"], r"scan.budget=\{'bits_per_weight': 2.0, 'par"),
+    (["scan.budget.params=1000", "scan.examples=16"], r"scan.proxy_batch_size=32 is not allowed: expected at most"),
 ])
 def test_bad_settings_are_refused_before_anything_loads(overrides, message):
     with pytest.raises(ConfigError, match=message):

@@ -72,6 +72,10 @@ def check(cfg: Any) -> tuple[dict[str, Compression], core.Budget]:
         raise ConfigError(f"scan.budget={given or 'nothing'} is not allowed: expected exactly one of "
                           "scan.budget.bits_per_weight=... or scan.budget.params=...")
     ((key, value),) = given.items()
+    s = cfg.scan
+    if s.proxy and s.proxy_batch_size > s.examples:  # not one whole gradient batch
+        raise ConfigError(f"scan.proxy_batch_size={s.proxy_batch_size} is not allowed: expected at most "
+                          f"scan.examples={s.examples} (or scan.proxy=false)")
     return candidates, core.Budget(key, value)
 
 
