@@ -186,9 +186,10 @@ def score(model: nn.Module, groups: Mapping[str, list[str]], candidates: Mapping
             with swapped(model, modules):
                 exact[group][label] = loss(model) - dense
             evaluations += 1
-        best = min(exact[group], key=lambda label: (exact[group][label], label))
-        log.info("scanned %s (%d layers): Δloss %s", group, len(names),
-                 ", ".join(f"{label} {value:+.4f}" for label, value in exact[group].items()) + f"; least: {best}")
+        measured = {label: value for label, value in exact[group].items() if not candidates[label].dense}
+        log.info("scanned %s (%d layers): Δloss %s; least of the compressions: %s", group, len(names),
+                 ", ".join(f"{label} {value:+.4f}" for label, value in exact[group].items()),
+                 min(measured, key=measured.get, default="none"))
     bar.close()
     return Scores(dense, exact, proxy if fisher is not None else {}, evaluations, time.perf_counter() - started,
                   proxy_seconds, tuple(label for label, c in candidates.items() if c.dense))
