@@ -256,8 +256,8 @@ def table(rows: list[dict], plain: float | None, device_name: str) -> str:
                   "| compression | precision | compiled | CUDA graph | step | e2e | allowed |",
                   "|---|---|---|---|---|---|---|",
                   *overhead]
-    taught = [(r, by_key[(r["config"][:-3], *variant)]) for (config, *variant), r in by_key.items()
-              if config.endswith("+kd") and (config[:-3], *variant) in by_key]
+    taught = [(r, by_key[(name[:-3], *variant)]) for (name, *variant), r in by_key.items()
+              if name.endswith("+kd") and (name[:-3], *variant) in by_key]
     if taught:
         lines += ["", "Distillation's cost (taught by the dense model, against the same configuration untaught):", "",
                   "| configuration | precision | compiled | CUDA graph | time a step | e2e | teacher's weights | peak "
