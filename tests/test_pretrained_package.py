@@ -103,7 +103,8 @@ def test_weights_are_checked_against_model_sha256_before_they_are_read(tmp_path)
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["model=bert-micro", "+model.sha256=abc"], "model.sha256='abc' is not allowed: expected null (not checked) or 64 hexadecimal digits"),
+    (["model=bert-micro", "+model.sha256=abc"],
+     "model.sha256='abc' is not allowed: expected null (not checked) or 64 hexadecimal digits"),
     (["model=all-minilm", "model.pretrained=nreimers/MiniLM-L6-H384-uncased"],  # a hub id: nothing to check it on
      "model.sha256='53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db' is not allowed: expected null"),
 ])

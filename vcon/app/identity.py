@@ -23,7 +23,7 @@ ONE_SHOT = {"shape": "linear", "epochs": 0, "steps": None}  # Q = 0, however it 
 # Settings added after runs were made, with the value that behaves as those runs did: left out of the identity at
 # that value, so that finished runs keep their folders.
 SINCE = {("model", "inputs"): "image", ("train", "decay"): "cosine", ("data", "stream"): "auto",
-         ("data", "bad_images"): "stop", ("model", "finetune_first"): False}
+         ("data", "bad_images"): "stop", ("model", "start_finetuned"): False}
 IGNORED = {"train": ("log_every", "eval_batch_size", "checkpoint_every_min", "compile", "cuda_graph"),
            "data": ("workers",)}
 
@@ -42,7 +42,7 @@ def identity(cfg: DictConfig) -> dict[str, Any]:
     if kind is not None and kind.dense:  # a dense run has no transition: vcon.epochs=0 and 12 are the same run
         raw.pop("vcon", None)
         raw.pop("method", None)
-        raw.get("model", {}).pop("finetune_first", None)  # a dense run is its own fine-tune
+        raw.get("model", {}).pop("start_finetuned", None)  # a dense run is its own fine-tune
     elif "vcon" in raw and transition_length(raw["vcon"])[0] == 0 and not _own_transition(raw.get("compression")):
         # one-shot, whatever the method and shape (unless a recipe's group has a transition of its own)
         raw["vcon"] = dict(ONE_SHOT)

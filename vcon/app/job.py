@@ -114,7 +114,7 @@ def run(cfg: Any, run_dir: str | Path, on_epoch_end: Callable[[int], None] | Non
             log.info("%s already finished; results.json kept as it is", run_dir)
             return json.loads((run_dir / "results.json").read_text()) if world.main else None
         start = None
-        if state is None and cfg.model.get("finetune_first") and not compression.dense:
+        if state is None and cfg.model.get("start_finetuned") and not compression.dense:
             fine_tuning = time.perf_counter()
             start = fine_tuned(cfg, run_dir, group)
             started += time.perf_counter() - fine_tuning  # the run's own wall time: its dense fine-tune has its own
@@ -127,15 +127,15 @@ def run(cfg: Any, run_dir: str | Path, on_epoch_end: Callable[[int], None] | Non
 
 def dense_config(cfg: Any) -> Any:
     """The dense fine-tune of the run ``cfg``: the same settings with compression=none (its method and ``vcon`` then
-    leave its identity, and so does ``model.finetune_first``)."""
+    leave its identity, and so does ``model.start_finetuned``)."""
     dense = copy.deepcopy(cfg)
     dense.compression = OmegaConf.load(CONF / "compression" / "none.yaml")  # what compression=none composes
-    dense.model.finetune_first, dense.export = False, False
+    dense.model.start_finetuned, dense.export = False, False
     return dense
 
 
 def fine_tuned(cfg: Any, run_dir: Path, group: str | None = None) -> dict[str, torch.Tensor]:
-    """``model.finetune_first``: the final weights of the run's dense fine-tune, in its own run folder beside
+    """``model.start_finetuned``: the final weights of the run's dense fine-tune, in its own run folder beside
     ``run_dir`` (a sweep's folder holds it with the sweep's runs; it is the sweep's own dense run, if it has one).
     Trained there first unless it is finished: its folder's lock makes the other jobs of a sweep wait, so it trains
     once. Read back with the checkpoint loader, which runs no code."""
@@ -145,7 +145,7 @@ def fine_tuned(cfg: Any, run_dir: Path, group: str | None = None) -> dict[str, t
     if not saved.exists():  # a run folder as Hydra makes one: a sweep's table lists it, vcon-report reads it
         saved.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(saved, OmegaConf.to_yaml(dense))
-    log.info("model.finetune_first: starting from the dense fine-tune in %s", dense_dir)
+    log.info("model.start_finetuned: starting from the dense fine-tune in %s", dense_dir)
     run(dense, dense_dir, run_name=dense_dir.name, group=group)
     return checkpoint.load(dense_dir)["model"]
 

@@ -53,7 +53,7 @@ class ModelConfig:
     # the SHA-256 of a local pretrained folder's model.safetensors, checked before it is read
     sha256: str | None = setting(optional(SHA256, "not checked"), None)
     # compress from the run's dense fine-tune (vcon/app/job.py), trained first where it is not finished
-    finetune_first: bool = setting(FLAG, False)
+    start_finetuned: bool = setting(FLAG, False)
 
 
 @dataclasses.dataclass

@@ -80,7 +80,7 @@ class Progress:
 def build_dense(cfg: Any, num_classes: int, device: torch.device,
                 start: dict[str, torch.Tensor] | None = None) -> tuple[nn.Module, Pipeline]:
     """The configured model on ``device``, not yet compressed, and its input pipeline; ``start``: the weights it
-    starts from instead (a dense fine-tune's, ``model.finetune_first``)."""
+    starts from instead (a dense fine-tune's, ``model.start_finetuned``)."""
     net = model.build(cfg.model, num_classes)
     if start is not None:
         net.load_state_dict(start)

@@ -1,4 +1,4 @@
-"""model.finetune_first: a compressed run starts from its dense fine-tune (the same run with compression=none, in the
+"""model.start_finetuned: a compressed run starts from its dense fine-tune (the same run with compression=none, in the
 run folder beside it), which is trained first where it is not finished, once for every run that needs it."""
 import json
 import subprocess
@@ -14,13 +14,13 @@ pytestmark = requires_fashion_mnist
 # two steps an epoch, Q = one step: seconds a run
 TINY = [*QUICK, "model=vit-micro-scratch", "data.train_size=128", "data.val_size=64", "data.test_size=128",
         "train.epochs=1", "vcon.epochs=0.5"]
-FIRST = "model.finetune_first=true"
+FINETUNED = "model.start_finetuned=true"
 
 
 def test_compressed_runs_start_from_their_dense_fine_tune_which_trains_once(tmp_path):
     runs = tmp_path / "runs"
-    one_shot = make_config(*TINY, FIRST, "vcon.epochs=0", f"outputs={tmp_path}")
-    blended = make_config(*TINY, FIRST, "compression=quant", f"outputs={tmp_path}")
+    one_shot = make_config(*TINY, FINETUNED, "vcon.epochs=0", f"outputs={tmp_path}")
+    blended = make_config(*TINY, FINETUNED, "compression=quant", f"outputs={tmp_path}")
     dense_dir = runs / identity.run_id(make_config(*TINY, "compression=none"))  # what compression=none trains
     assert runs / identity.run_id(job.dense_config(blended)) == dense_dir
 
@@ -35,19 +35,19 @@ def test_compressed_runs_start_from_their_dense_fine_tune_which_trains_once(tmp_
     assert listed["status"] == "done" and listed["identity"] == identity.identity(make_config(*TINY, "compression=none"))
 
 
-def test_finetune_first_leaves_every_other_run_id_as_it_was():
+def test_start_finetuned_leaves_every_other_run_id_as_it_was():
     assert identity.run_id(make_config()) == "vit-micro_fashion-mnist_prune-q3_s0_11337ec2"  # as before the key
     assert identity.run_id(make_config("compression=none")) == "vit-micro_fashion-mnist_none_s0_eca991c9"
-    assert "finetune_first" not in identity.identity(make_config(FIRST.replace("true", "false")))["model"]
-    assert identity.run_id(make_config(FIRST)) != identity.run_id(make_config())  # another start: another run
+    assert "start_finetuned" not in identity.identity(make_config(FINETUNED.replace("true", "false")))["model"]
+    assert identity.run_id(make_config(FINETUNED)) != identity.run_id(make_config())  # another start: another run
     # a dense run is its own fine-tune: asked for one, it is the same run
-    assert identity.run_id(make_config("compression=none", FIRST)) == identity.run_id(make_config("compression=none"))
+    assert identity.run_id(make_config("compression=none", FINETUNED)) == identity.run_id(make_config("compression=none"))
 
 
 @pytest.mark.parametrize("value", ["maybe", "1", "null"])
-def test_a_bad_finetune_first_is_refused_naming_it(value):
-    with pytest.raises(ConfigError, match=r"model.finetune_first=.* is not allowed: expected true or false"):
-        job.check(make_config(f"model.finetune_first={value}"))
+def test_a_bad_start_finetuned_is_refused_naming_it(value):
+    with pytest.raises(ConfigError, match=r"model.start_finetuned=.* is not allowed: expected true or false"):
+        job.check(make_config(f"model.start_finetuned={value}"))
 
 
 @pytest.mark.slow  # two run.py processes at once, then a sweep: a minute or two on a busy machine
@@ -55,7 +55,7 @@ def test_parallel_runs_and_a_sweep_share_one_dense_fine_tune(tmp_path):
     """Two compressed runs started together (the jobs of a SLURM sweep) wait on the dense fine-tune's folder lock:
     one trains it, the other finds it finished. A sweep that lists compression=none itself holds that run in its
     folder, and its compressed runs start from it."""
-    command = [sys.executable, str(ROOT / "run.py"), *TINY, FIRST, f"outputs={tmp_path}"]
+    command = [sys.executable, str(ROOT / "run.py"), *TINY, FINETUNED, f"outputs={tmp_path}"]
     together = [subprocess.Popen([*command, f"compression={c}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                  text=True) for c in ("prune", "quant")]
     logs = [p.communicate(timeout=300)[0] for p in together]
@@ -65,7 +65,7 @@ def test_parallel_runs_and_a_sweep_share_one_dense_fine_tune(tmp_path):
     for log in logs:
         assert f"dense test accuracy {dense['test_acc']:.2f} %" in log, log[-2000:]
 
-    done = run_py("-m", *TINY, FIRST, "compression=none,prune", f"outputs={tmp_path}", "sweep_name=s")
+    done = run_py("-m", *TINY, FINETUNED, "compression=none,prune", f"outputs={tmp_path}", "sweep_name=s")
     assert done.returncode == 0, done.stderr[-2000:]
     rows = (tmp_path / "sweeps" / "s" / "summary.md").read_text()
     assert rows.count("| vit-micro-scratch |") == 2 and "(1/0)" in rows  # the dense run once, in the sweep's folder
