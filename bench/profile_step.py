@@ -45,7 +45,7 @@ def main() -> None:
     overrides, beta_value, recipe = train_speed.CONFIGS[args.config]
     cfg = train_speed.compose_config(args.model, "paper", [*overrides, f"train.precision={args.precision}",
                                                            f"train.compile={args.compile}"])
-    controller, pipeline, step = train_speed.build(cfg, beta_value, device, recipe)
+    controller, pipeline, step, _ = train_speed.build(cfg, beta_value, device, recipe)
     print("attention implementation:", controller.model.config._attn_implementation)
     images = train_speed.fake_cifar(cfg, device, 10_000)
     index = torch.randint(0, len(images), (128,), device=device)

@@ -14,8 +14,11 @@ With ``graph`` in a variant (``--variants bf16:true:graph``) each of the three i
     python bench/train_speed.py --device cpu --model vit-micro --train micro   # the offline default run
     python bench/train_speed.py --device cpu --configs prune,prune2,prune_vcon,prune2_vcon,mixed,mixed_vcon  # recipes
     python bench/train_speed.py --variants bf16:true:graph,bf16:true           # CUDA graphs against none
+    python bench/train_speed.py --device cpu --model vit-micro --train micro --distill   # the teacher's cost
 
 Compressions are timed one-shot (β = 0, originals dropped) and in the VCON transition (β = 0.5, both branches).
+With ``--distill`` each compressed configuration is timed again taught by the dense model (``distill=logits``: the
+teacher's forward in every step), and the table adds the teacher's cost in time and memory.
 Figures are compared with the reference implementation's (``bench/reference-throughput-h100.json``, measured on an
 H100) and written to ``bench/results/``. Not a test: no figure here is asserted.
 """
@@ -41,6 +44,7 @@ from vcon import Controller, data  # noqa: E402
 from vcon.app import config  # noqa: E402
 from vcon.compression import from_config  # noqa: E402
 from vcon.data.augment import Pipeline  # noqa: E402
+from vcon.distill import Teacher  # noqa: E402
 from vcon.schedule import Schedule  # noqa: E402
 from vcon.train import loop as train  # noqa: E402
 from vcon.train import step as train_step  # noqa: E402
@@ -109,27 +113,35 @@ def fake_cifar(cfg, device: torch.device, n: int) -> data.Split:
 
 
 def build(cfg, beta_value: float, device: torch.device, recipe: dict | None = None
-          ) -> tuple[Controller, Pipeline, train_step.Step]:
-    """What a run builds (ViT, controller, pipeline, the step over 60 epochs of 390 steps), with β held at
-    ``beta_value`` (1, 0.5 or 0): a two-step linear schedule, moved by the controller as a run moves it."""
+          ) -> tuple[Controller, Pipeline, train_step.Step, Teacher | None]:
+    """What a run builds (ViT, its teacher where ``distill`` asks, controller, pipeline, the step over 60 epochs of
+    390 steps), with β held at ``beta_value`` (1, 0.5 or 0): a two-step linear schedule, moved by the controller as
+    a run moves it."""
     compression = from_config(recipe or cfg.compression)
-    controller, pipeline = train.build_model(cfg, compression, 10, device, Schedule("linear", 2))
+    net, pipeline = train.build_dense(cfg, 10, device)
+    teacher = train.teacher_for(cfg, compression, net)
+    controller = train.compress_target(cfg, net, compression, Schedule("linear", 2))
     for _ in range(round(2 * (1 - beta_value))):
         controller.step()  # at 0: the originals are dropped
     step = train_step.build_step(controller.model, pipeline, cfg.train, steps_per_epoch=390, total_steps=60 * 390,
-                                 device=device, beta=controller.beta)
-    return controller, pipeline, step
+                                 device=device, beta=controller.beta, teacher=teacher)
+    return controller, pipeline, step, teacher
 
 
-def measure(name: str, args, device: torch.device, precision: str, compile_: bool, graph: bool) -> dict:
+def measure(name: str, args, device: torch.device, precision: str, compile_: bool, graph: bool,
+            distill: bool = False) -> dict:
     overrides, beta_value, recipe = CONFIGS[name]
-    cfg = compose_config(args.model, args.train, [*overrides, f"train.precision={precision}",
+    cfg = compose_config(args.model, args.train, [*overrides, f"distill={'logits' if distill else 'none'}",
+                                                   f"train.precision={precision}",
                                                    f"train.compile={str(compile_).lower()}",
                                                    f"train.cuda_graph={str(graph).lower()}",
                                                    f"train.batch_size={args.batch}"])
     torch._dynamo.reset()  # every configuration compiles afresh: no cache entries left over from the last one
     torch.manual_seed(0)
-    _, pipeline, step = build(cfg, beta_value, device, recipe)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    _, pipeline, step, teacher = build(cfg, beta_value, device, recipe)
     images = fake_cifar(cfg, device, args.images)
     mix_rng = torch.Generator().manual_seed(0)
 
@@ -164,20 +176,24 @@ def measure(name: str, args, device: torch.device, precision: str, compile_: boo
         pipeline_only()
     sync(device)
     warmup_s = time.perf_counter() - started
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
     row = {
-        "config": name, "precision": precision, "compile": compile_, "graph": graph, "beta": beta_value,
+        "config": name + ("+kd" if distill else ""), "precision": precision, "compile": compile_, "graph": graph,
+        "beta": beta_value, "teacher_mib": _mib(teacher.model) if teacher else 0.0,
         "e2e": args.batch * args.steps / timed(e2e, args.steps, device, args.repeats),
         "step": args.batch * args.steps / timed(lambda: optimize(*prepared), args.steps, device, args.repeats),
         "pipeline": args.batch * args.steps / timed(pipeline_only, args.steps, device, args.repeats),
         "warmup_s": warmup_s,
     }
-    if device.type == "cuda":
+    if device.type == "cuda":  # since the build: weights, optimizer state, the teacher, activations
         row["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     print(f"  {name:10s} {precision} compile={compile_!s:5s} graph={graph!s:5s}  e2e {row['e2e']:8.0f}  step {row['step']:8.0f}  "
           f"pipeline {row['pipeline']:8.0f} img/s  (warm-up {warmup_s:.1f} s)", flush=True)
     return row
+
+
+def _mib(module: torch.nn.Module) -> float:
+    """A module's weights and buffers (a teacher keeps no activations: it computes no gradients)."""
+    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()]) / 2**20
 
 
 def plain_loop(args, device: torch.device) -> float:
@@ -240,6 +256,18 @@ def table(rows: list[dict], plain: float | None, device_name: str) -> str:
                   "| compression | precision | compiled | CUDA graph | step | e2e | allowed |",
                   "|---|---|---|---|---|---|---|",
                   *overhead]
+    taught = [(r, by_key[(r["config"][:-3], *variant)]) for (config, *variant), r in by_key.items()
+              if config.endswith("+kd") and (config[:-3], *variant) in by_key]
+    if taught:
+        lines += ["", "Distillation's cost (taught by the dense model, against the same configuration untaught):", "",
+                  "| configuration | precision | compiled | CUDA graph | time a step | e2e | teacher's weights | peak "
+                  "memory, taught / untaught |", "|---|---|---|---|---|---|---|---|"]
+        for r, alone in taught:
+            peak = (f"{r['peak_memory_gib']:.2f} / {alone['peak_memory_gib']:.2f} GiB" if "peak_memory_gib" in r
+                    else "– (CPU)")
+            lines.append(f"| {r['config']} | {r['precision']} | {r['compile']} | {r['graph']} | "
+                         f"{100 * (alone['step'] / r['step'] - 1):+.1f} % | {100 * (alone['e2e'] / r['e2e'] - 1):+.1f} % "
+                         f"| {r['teacher_mib']:.2f} MiB | {peak} |")
     if plain:
         lines += ["", f"plain PyTorch loop, same dense model and batches: {plain:,.0f} img/s"]
     return "\n".join(lines)
@@ -262,6 +290,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--images", type=int, default=50_000)
     parser.add_argument("--plain", action="store_true", help="also time a bare PyTorch loop on the dense model")
+    parser.add_argument("--distill", action="store_true", help="also time each compressed configuration taught by "
+                                                               "the dense model (distill=logits)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -281,7 +311,8 @@ def main() -> None:
     except ImportError:
         pass
     print(json.dumps(header), flush=True)
-    rows = [measure(name, args, device, *variant) for variant in pairs for name in names]
+    rows = [measure(name, args, device, *variant, distill) for variant in pairs for name in names
+            for distill in ((False, True) if args.distill and name != "vanilla" else (False,))]
     plain = plain_loop(args, device) if args.plain else None
     text = table(rows, plain, device_name)
     print(text)

@@ -12,10 +12,11 @@ OPTIONS = [(group, option) for group, options in sorted(GROUPS.items()) for opti
 def test_the_tree_mirrors_the_code():
     from conftest import ROOT
 
-    assert set(GROUPS) == {"model", "data", "compression", "schedule", "method", "train", "experiment"}
+    assert set(GROUPS) == {"model", "data", "compression", "schedule", "method", "distill", "train", "experiment"}
     for group in ("model", "data", "compression", "method", "train"):  # a folder of the group's name, registry first
         assert (ROOT / "vcon" / group / "__init__.py").exists()
-    assert (ROOT / "vcon" / "schedule.py").exists()  # one small module: the shapes of β
+    for group in ("schedule", "distill"):  # one small module each: the shapes of β; the teacher
+        assert (ROOT / "vcon" / f"{group}.py").exists()
 
 
 @pytest.mark.parametrize("group, option", OPTIONS)
@@ -35,6 +36,8 @@ def test_option_composes_and_checks(config, group, option):
         assert cfg.compression.name == named.get(option, option)
     elif group == "method":
         assert cfg.method.name == option
+    elif group == "distill":
+        assert (cfg.distill.alpha > 0) == (option != "none")
     if option in ("imagefolder", "imagenet", "text-files"):
         return  # data.path must hold a real folder: tested in test_run, test_stream and test_text
     compression, method = job.check(cfg)

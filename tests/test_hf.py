@@ -208,3 +208,37 @@ def test_clear_errors(tmp_path):
     controller.finalize()
     with pytest.raises(ValueError, match="controller is finalized"):
         callback.on_train_begin(trainer.args, TrainerState(global_step=Q), None)
+
+
+def test_a_distill_trainer_is_taught_by_the_dense_model_under_gradient_accumulation(tmp_path):
+    """At β = 1 the student is the dense model (no dropout here), so the KL term is 0 and the first logged loss is
+    (1 − α) of the task loss over the first 8 examples: two micro-batches of 4 here, one batch of 8 for the plain
+    Trainer (the same examples: one seeded order). The Trainer divides the per-batch mean over the accumulation
+    steps. (A plain Trainer's BertForSequenceClassification at 2 accumulation steps logs twice its mean loss in
+    transformers 5.24: it takes the model for one that normalizes its loss by ``num_items_in_batch``.)"""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from vcon.distill import Distill, Teacher
+    from vcon.hf import DistillTrainer
+
+    def losses(distill: bool) -> list[float]:
+        torch.manual_seed(0)
+        model = BertForSequenceClassification(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2,
+                                                         num_attention_heads=2, intermediate_size=64, num_labels=2,
+                                                         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+        teacher = Teacher(model, Distill(alpha=0.5, temperature=2.0))
+        before = {k: v.clone() for k, v in teacher.model.state_dict().items()}
+        controller = compress_(model, Prune(ratio=0.5), schedule=Schedule("linear", q_steps=Q))
+        micro = 4 if distill else 8
+        args = TrainingArguments(output_dir=str(tmp_path / str(distill)), max_steps=3, per_device_train_batch_size=micro,
+                                 gradient_accumulation_steps=8 // micro, logging_steps=1, learning_rate=1e-3, report_to="none",
+                                 save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0)
+        trainer = (DistillTrainer(teacher, model=model, args=args, train_dataset=tokens()) if distill else
+                   Trainer(model=model, args=args, train_dataset=tokens()))
+        VconCallback(controller).attach(trainer)
+        trainer.train()
+        assert all(torch.equal(before[k], v) for k, v in teacher.model.state_dict().items())  # never moved
+        return [e["loss"] for e in trainer.state.log_history if "loss" in e]
+
+    taught, plain = losses(True), losses(False)
+    assert len(taught) == len(plain) == 3 and taught[0] == pytest.approx(0.5 * plain[0], rel=1e-4)

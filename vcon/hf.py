@@ -9,6 +9,12 @@ puts β into the Trainer's logs as ``vcon/beta`` (``log_history``, the progress 
     model = controller.finalize()             # β = 0 for good, the compression baked into plain layers
     trainer.save_model("final")               # prune, quant: C(W) in each nn.Linear (low rank: vcon.export)
 
+The dense model as teacher: ``DistillTrainer``, a ``Trainer`` whose ``compute_loss`` is the teacher's::
+
+    teacher = Teacher(model, Distill(alpha=0.5, temperature=2.0))   # vcon.distill; before compress_
+    controller = compress_(model, ...)
+    trainer = DistillTrainer(teacher, model=model, args=..., train_dataset=train)
+
 Needs ``accelerate`` (``pip install vcon[hf]``), as the Trainer itself does. Resuming puts the controller at the
 checkpoint's ``global_step``, so the schedule must be the one the checkpoint was trained with.
 
@@ -32,6 +38,7 @@ from __future__ import annotations
 from transformers import Trainer, TrainerCallback
 
 from vcon.core.controller import Controller
+from vcon.distill import Teacher
 from vcon.method.blend import BlendedBranches
 
 
@@ -93,3 +100,22 @@ def _unwrap(optimizer):
     """The torch optimizer inside accelerate's ``AcceleratedOptimizer``: its ``param_groups`` and ``state`` are the
     lists the parameters must leave (the wrapper forwards them today; going to the real one does not rely on it)."""
     return getattr(optimizer, "optimizer", optimizer)
+
+
+class DistillTrainer(Trainer):
+    """A ``Trainer`` taught by ``teacher`` (``vcon.distill.Teacher``, made from the model before ``compress_``): each
+    batch's loss is ``teacher.loss`` of the model against the batch's ``labels``, evaluation's included. The loss is
+    a per-batch mean, so the Trainer divides it over gradient accumulation itself."""
+
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, teacher: Teacher, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.teacher = teacher
+        teacher.model.to(self.args.device)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        loss, outputs = self.teacher.forward(model, inputs, labels)
+        return (loss, outputs) if return_outputs else loss

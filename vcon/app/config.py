@@ -30,6 +30,7 @@ from vcon.app import tracking
 from vcon.compression import REGISTRY
 from vcon.core import targets
 from vcon.data import LOADERS
+from vcon.distill import Distill
 from vcon.errors import ConfigError, require
 from vcon.method import METHODS
 from vcon.model import INPUTS, inputs
@@ -118,6 +119,21 @@ class StepScheduleConfig(ScheduleConfig):
     stages: int = setting(integer(1))
 
 
+def _as_in(schema: type, name: str) -> Any:
+    """A key declared by a library dataclass, allowing what its field there allows: one declaration of each range."""
+    return setting(next(f for f in dataclasses.fields(schema) if f.name == name).metadata["allowed"])
+
+
+@dataclass
+class DistillConfig:
+    """``conf/distill/*.yaml`` (vcon/distill.py's ``Distill``, which declares what each key allows). Any, not float:
+    the yaml's 0 must stay 0 (run ids)."""
+
+    alpha: Any = _as_in(Distill, "alpha")
+    temperature: Any = _as_in(Distill, "temperature")
+    hidden: Any = _as_in(Distill, "hidden")
+
+
 def _nn_module(name: Any) -> bool:
     return isinstance(name, str) and isinstance(getattr(nn, name, None), type) and issubclass(getattr(nn, name),
                                                                                                nn.Module)
@@ -169,6 +185,7 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     vcon: ScheduleConfig = field(default_factory=ScheduleConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     # the groups whose options differ in their keys: each option's schema is its registry's
     model: Any = options(lambda: {name: kind.schema for name, kind in INPUTS.items()}, "inputs", inputs)
     data: Any = options(lambda: {name: loader.schema for name, loader in LOADERS.items()})

@@ -18,7 +18,7 @@ from vcon.schedule import transition_length
 # Sections that define what a run computes. Not in it: where and how it runs (device, launcher, output folders)
 # and settings that change no number beyond float rounding (logging cadence, evaluation batch size, compilation,
 # CUDA graphs: a run started eager may resume compiled).
-SECTIONS = ("seed", "model", "data", "compression", "method", "vcon", "target", "train")
+SECTIONS = ("seed", "model", "data", "compression", "method", "vcon", "target", "train", "distill")
 ONE_SHOT = {"shape": "linear", "epochs": 0, "steps": None}  # Q = 0, however it was asked for
 # Settings added after runs were made, with the value that behaves as those runs did: left out of the identity at
 # that value, so that finished runs keep their folders.
@@ -42,6 +42,7 @@ def identity(cfg: DictConfig) -> dict[str, Any]:
     if kind is not None and kind.dense:  # a dense run has no transition: vcon.epochs=0 and 12 are the same run
         raw.pop("vcon", None)
         raw.pop("method", None)
+        raw.pop("distill", None)  # nor a teacher (vcon.train.loop.teacher_for)
         raw.get("model", {}).pop("start_finetuned", None)  # a dense run is its own fine-tune
     elif "vcon" in raw and transition_length(raw["vcon"])[0] == 0 and not _own_transition(raw.get("compression")):
         # one-shot, whatever the method and shape (unless a recipe's group has a transition of its own)
@@ -49,6 +50,8 @@ def identity(cfg: DictConfig) -> dict[str, Any]:
         raw.pop("method", None)
     if raw.get("method") == {"name": "vcon"}:  # the default: runs from before methods existed keep their ids
         raw.pop("method")
+    if not _distills(raw.get("distill")):  # no teacher, whatever its temperature: the runs from before distillation
+        raw.pop("distill", None)
     for (section, key), value in SINCE.items():  # likewise the settings added later, at their old behaviour
         if raw.get(section, {}).get(key, value) == value:
             raw.get(section, {}).pop(key, None)
@@ -62,8 +65,13 @@ def _own_transition(node: Any) -> bool:
     return isinstance(node, list) and any(map(_own_transition, node))
 
 
+def _distills(settings: dict[str, Any] | None) -> bool:
+    return settings is not None and (settings.get("alpha", 0) != 0 or settings.get("hidden", 0) != 0)
+
+
 def run_id(cfg: DictConfig) -> str:
-    """``<model>_<data>_<compression>[-<method>][-q<Q>]_s<seed>_<hash>``: readable, and unique through the hash."""
+    """``<model>_<data>_<compression>[-<method>][-q<Q>][-kd]_s<seed>_<hash>`` (kd: taught by the dense model):
+    readable, and unique through the hash."""
     ident = identity(cfg)
     digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:8]
     compression = ident["compression"]["name"]
@@ -71,6 +79,8 @@ def run_id(cfg: DictConfig) -> str:
         compression += f"-{ident['method']['name']}"
     if "vcon" in ident:
         compression += f"-q{transition_length(ident['vcon'])[0]}"
+    if "distill" in ident:
+        compression += "-kd"
     return f"{ident['model']['name']}_{ident['data']['name']}_{compression}_s{ident['seed']}_{digest}"
 
 

@@ -18,6 +18,7 @@ from vcon.app import config
 from vcon.app.identity import identity
 from vcon.atomic import write_atomic
 from vcon.compression import from_config
+from vcon.distill import Distill
 from vcon.errors import ConfigError
 from vcon.method import VCON, Gradual
 from vcon.method import from_config as method_from_config
@@ -27,16 +28,22 @@ from vcon.train.results import headline
 
 def describe(ident: dict[str, Any]) -> tuple[str, str]:
     """(compression, transition) in words: ('prune 0.9 layer', 'VCON Q=3 ep linear'), 'gradual Q=3 ep cubic',
-    'one-shot'; each compression and method names itself (``describe``)."""
+    'one-shot', each with ' + teacher α 0.5 T 2' where the dense model teaches; each compression and method names
+    itself (``describe``)."""
     compression = _in_words(from_config, ident["compression"])
     if dense(ident):
         return compression, "–"
+    taught = f" + {_in_words(lambda d: Distill(**d), ident['distill'])}" if "distill" in ident else ""
+    return compression, _transition(ident) + taught
+
+
+def _transition(ident: dict[str, Any]) -> str:
     if one_shot(ident):
-        return compression, "one-shot"
+        return "one-shot"
     vcon = ident["vcon"]
     q, unit = transition_length(vcon)
     method = method_of(ident)
-    return compression, f"{method} Q={q} steps {vcon['shape']}" if unit == "steps" else f"{method} Q={q:g} ep {vcon['shape']}"
+    return f"{method} Q={q} steps {vcon['shape']}" if unit == "steps" else f"{method} Q={q:g} ep {vcon['shape']}"
 
 
 def dense(ident: dict[str, Any]) -> bool:
@@ -66,7 +73,7 @@ def _in_words(build: Callable[[Any], Any], settings: dict[str, Any]) -> str:
     try:
         return build(settings).describe()
     except ConfigError:
-        return f"{settings.get('name')} (refused settings)"
+        return f"{settings.get('name', '')} (refused settings)"
 
 
 def read_run(run_dir: Path) -> dict[str, Any]:

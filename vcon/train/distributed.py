@@ -79,6 +79,13 @@ def gather(obj: object, world: World) -> list:
     return objs
 
 
+def broadcast_(module: torch.nn.Module, world: World) -> None:
+    """Rank 0's parameters and buffers into every process's copy of ``module``, in place."""
+    if world.size > 1:
+        for tensor in module.state_dict().values():
+            dist.broadcast(tensor, 0)
+
+
 def barrier(world: World) -> None:
     if world.size > 1:
         dist.barrier()

@@ -23,6 +23,7 @@ from vcon.compression import Compression
 from vcon.core import targets
 from vcon.core.controller import Controller, compress_
 from vcon.data.augment import Pipeline
+from vcon.distill import Distill, Teacher
 from vcon.errors import Diverged, require
 from vcon.method import VCON, Method
 from vcon.method.blend import BlendedBranches, block_gap
@@ -111,6 +112,18 @@ def build_model(cfg: Any, compression: Compression, num_classes: int, device: to
     return compress_target(cfg, net, compression, beta_schedule, method), pipeline
 
 
+def teacher_for(cfg: Any, compression: Compression, net: nn.Module,
+                world: distributed.World = distributed.SINGLE) -> Teacher | None:
+    """The dense model as it is now (call it before ``compress_``) as teacher, where ``distill`` asks for one; never
+    for a dense run, which would only learn from its own starting point."""
+    settings = Distill(**cfg.distill)
+    if compression.dense or not settings.on:
+        return None
+    teacher = Teacher(net, settings)
+    distributed.broadcast_(teacher.model, world)  # a model built from its config starts from each process's seed
+    return teacher
+
+
 def epoch_batches(split: data.Split, seed: int, epoch: int, images: int, batch_size: int, start: int = 0,
                   world: distributed.World = distributed.SINGLE) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Epoch ``epoch``'s whole batches of ``images`` examples of ``split``, from batch ``start`` on, this process's
@@ -146,17 +159,20 @@ class Training:
         self.autocast = autocast_for(self.t, device)
         self.dense = (state.get("dense_test") or {"accuracy": state["dense_test_acc"]} if state  # older: accuracy
                       else self.evaluate(self.dataset.test))
+        self.teacher = teacher_for(cfg, compression, self.net, world)  # frozen before compress_ moves the weights
         self.controller = compress_target(cfg, self.net, compression, beta_schedule, method, self.steps_per_epoch,
                                           total_steps)
-        log.info("dense test %s; %s", self.describe(self.dense), "dense fine-tuning" if compression.dense else
-                 f"compressing {len(self.controller.names)} modules: {compression.describe()}, {method.describe()}")
+        log.info("dense test %s; %s%s", self.describe(self.dense), "dense fine-tuning" if compression.dense else
+                 f"compressing {len(self.controller.names)} modules: {compression.describe()}, {method.describe()}",
+                 f", taught by the dense model: {self.teacher.settings.describe()}" if self.teacher else "")
         # the optimizer step, over the parameters trained from where the run stands
         self.progress = Progress(**state["progress"]) if state else Progress()
         if state:
             self.controller.load_state_dict(state["controller"])  # first: at β = 0 the originals are gone
         self.step = build_step(self.net, self.pipeline, self.t, self.steps_per_epoch, total_steps, device, world,
                                self.controller.beta,
-                               capturable=method.capturable and model.input_kind(cfg.model).capturable)
+                               capturable=method.capturable and model.input_kind(cfg.model).capturable,
+                               teacher=self.teacher)
         if state:
             self.resume(state)
         self.resumed = state is not None

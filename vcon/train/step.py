@@ -13,6 +13,7 @@ from torch import nn
 
 from vcon.core import targets
 from vcon.data.augment import Pipeline
+from vcon.distill import Teacher
 from vcon.method.blend import Beta
 from vcon.train import distributed, lr_schedule
 from vcon.train.cuda_graph import CapturedStep
@@ -25,6 +26,12 @@ def logits(net: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     return net(**inputs).logits
 
 
+def task_loss(net: nn.Module, inputs: dict[str, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
+    """The task's cross entropy (``targets``: class indices, or MixUp's soft targets); ``Teacher.loss`` is the other
+    loss a step takes."""
+    return F.cross_entropy(logits(net, inputs).float(), targets)
+
+
 class Step:
     """One optimizer step on a batch (uint8 images, or token ids): its preparation on the device (augmentation), forward and backward (under
     ``autocast``), gradient clipping, AdamW, the LR schedule. ``run`` trains through it and ``bench/train_speed.py``
@@ -33,12 +40,13 @@ class Step:
     It returns the loss as a device tensor and never waits for the device: the host queues the next step while the
     device still computes this one. Reading the loss (``float``) is the caller's choice, every ``log_every`` steps.
     With ``captured`` (a ``CapturedStep`` around ``train_on``: ``train.cuda_graph``) the step replays a CUDA graph.
+    ``loss(net, inputs, targets)``: the task's alone, or a teacher's (``vcon.distill.Teacher.loss``).
     """
 
     def __init__(self, net: nn.Module, optimizer: torch.optim.Optimizer, lr_schedule: Any, pipeline: Pipeline,
                  autocast: Callable, train: Any, world: distributed.World = distributed.SINGLE,
-                 graph_key: Callable[[], Any] | None = None) -> None:
-        self.net, self.optimizer, self.lr_schedule = net, optimizer, lr_schedule
+                 graph_key: Callable[[], Any] | None = None, loss: Callable[..., torch.Tensor] = task_loss) -> None:
+        self.net, self.optimizer, self.lr_schedule, self.loss = net, optimizer, lr_schedule, loss
         self.wrapped = net  # what forward and backward run through: ``net``, or its DistributedDataParallel wrapper
         self.pipeline, self.autocast, self.world = pipeline, autocast, world
         self.grad_accum, self.grad_clip = train.grad_accum, train.grad_clip
@@ -65,7 +73,7 @@ class Step:
         for i, (x, y) in enumerate(batches):
             sync = i == len(batches) - 1 or self.world.size == 1
             with contextlib.nullcontext() if sync else self.wrapped.no_sync(), self.autocast():
-                loss = F.cross_entropy(logits(self.wrapped, x).float(), y) / len(batches)
+                loss = self.loss(self.wrapped, x, y) / len(batches)
                 loss.backward()
             total = loss.detach() if total is None else total + loss.detach()
         if self.grad_clip:
@@ -113,12 +121,13 @@ def _lr_as_device_tensor(optimizer: torch.optim.Optimizer) -> None:
 
 def build_step(net: nn.Module, pipeline: Pipeline, train: Any, steps_per_epoch: int, total_steps: int,
                device: torch.device, world: distributed.World = distributed.SINGLE, beta: Beta | None = None,
-               capturable: bool = True) -> Step:
+               capturable: bool = True, teacher: Teacher | None = None) -> Step:
     """AdamW (fused on CUDA) with warm-up and cosine decay over the parameters ``net`` trains now (after any
     ``drop_originals``), the blocks compiled where ``train.compile`` says, and the ``Step`` that uses them, captured
     as a CUDA graph where ``train.cuda_graph`` says (then the lr is a device tensor and the optimizer capturable, and
     the graph is captured again whenever ``beta``'s phase or the trained parameters change). ``capturable=False``:
-    the step's shapes change between steps (gradual compression), so it is never captured."""
+    the step's shapes change between steps (gradual compression), so it is never captured. ``teacher``: the dense
+    model teaching (``distill``), its forward in the same step, compiled alike."""
     captured = capturable and captures(train, device, world)
     optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad],
                                   lr=torch.tensor(train.lr, device=device) if captured else train.lr,
@@ -126,7 +135,8 @@ def build_step(net: nn.Module, pipeline: Pipeline, train: Any, steps_per_epoch: 
                                   capturable=captured)  # fused: capturable on any device, so tests build it on CPUs
     schedule = lr_schedule.from_config(optimizer, train, steps_per_epoch, total_steps)
     if compiles(train, device):
-        log.info("compiled %d blocks with torch.compile", compile_blocks(net))
+        log.info("compiled %d blocks with torch.compile", compile_blocks(net) + (compile_blocks(teacher.model)
+                                                                               if teacher else 0))
 
     def graph_key() -> tuple:  # what a captured step's kernels depend on: β's phase, the parameters trained
         return beta.phase if beta else None, sum(len(g["params"]) for g in optimizer.param_groups)
@@ -135,4 +145,4 @@ def build_step(net: nn.Module, pipeline: Pipeline, train: Any, steps_per_epoch: 
         optimizer.register_load_state_dict_post_hook(_lr_as_device_tensor)
         log.info("each training step replays a CUDA graph (train.cuda_graph=%s)", train.cuda_graph)
     return Step(net, optimizer, schedule, pipeline, autocast_for(train, device), train, world,
-                graph_key if captured else None)
+                graph_key if captured else None, teacher.loss if teacher else task_loss)
