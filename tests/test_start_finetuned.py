@@ -5,10 +5,13 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import QUICK, ROOT, make_config, requires_fashion_mnist, run_py
 
 from vcon.app import identity, job, sweep
 from vcon.errors import ConfigError
+from vcon.train import distributed
+from vcon.train.loop import Training
 
 pytestmark = requires_fashion_mnist
 # two steps an epoch, Q = one step: seconds a run
@@ -33,6 +36,17 @@ def test_compressed_runs_start_from_their_dense_fine_tune_which_trains_once(tmp_
     assert first["dense_test_acc"] == second["dense_test_acc"] == dense["test_acc"]  # both start from its weights
     listed = sweep.read_run(dense_dir)  # a run folder as Hydra makes them: tables and vcon-report list it
     assert listed["status"] == "done" and listed["identity"] == identity.identity(make_config(*TINY, "compression=none"))
+
+
+def test_the_teacher_of_a_run_started_fine_tuned_is_the_dense_fine_tune(tmp_path):
+    cfg = make_config(*TINY, FINETUNED, "distill=logits", f"outputs={tmp_path}")
+    compression, method = job.check(cfg)
+    run_dir = tmp_path / "runs" / identity.run_id(cfg)
+    start = job.fine_tuned(cfg, run_dir)
+    training = Training(cfg, run_dir, identity.identity(cfg), compression, method, torch.device("cpu"),
+                        distributed.SINGLE, None, start)
+    taught = training.teacher.model.state_dict()
+    assert taught.keys() == start.keys() and all(torch.equal(taught[k], start[k]) for k in start)
 
 
 def test_start_finetuned_leaves_every_other_run_id_as_it_was():
