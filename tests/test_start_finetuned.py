@@ -10,7 +10,7 @@ from conftest import QUICK, ROOT, make_config, requires_fashion_mnist, run_py
 
 from vcon.app import identity, job, sweep
 from vcon.errors import ConfigError
-from vcon.train import distributed
+from vcon.train import checkpoint, distributed
 from vcon.train.loop import Training
 
 pytestmark = requires_fashion_mnist
@@ -47,6 +47,29 @@ def test_the_teacher_of_a_run_started_fine_tuned_is_the_dense_fine_tune(tmp_path
                         distributed.SINGLE, None, start)
     taught = training.teacher.model.state_dict()
     assert taught.keys() == start.keys() and all(torch.equal(taught[k], start[k]) for k in start)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def interrupt(epoch):
+    raise Interrupted
+
+
+def test_a_resumed_distilled_run_is_taught_by_the_fine_tune_again(tmp_path):
+    """Stopped after its first epoch and started again, a distilled run goes on as if it had not stopped: its teacher
+    is the dense fine-tune again, not the pretrained model."""
+    overrides = (*TINY, FINETUNED, "distill=logits", "train.epochs=2", "vcon.epochs=1", f"outputs={tmp_path}")
+    cfg = make_config(*overrides)
+    whole_dir, split = tmp_path / "runs" / "whole", tmp_path / "runs" / "split"  # one dense fine-tune beside both
+    whole = job.run(cfg, whole_dir)
+    with pytest.raises(Interrupted):
+        job.run(cfg, split, on_epoch_end=interrupt)
+    resumed = job.run(cfg, split)
+    a, b = checkpoint.load(whole_dir)["model"], checkpoint.load(split)["model"]
+    assert resumed["step"] == whole["step"] and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert resumed["dense_test_acc"] == whole["dense_test_acc"]
 
 
 def test_start_finetuned_leaves_every_other_run_id_as_it_was():

@@ -114,7 +114,7 @@ def run(cfg: Any, run_dir: str | Path, on_epoch_end: Callable[[int], None] | Non
             log.info("%s already finished; results.json kept as it is", run_dir)
             return json.loads((run_dir / "results.json").read_text()) if world.main else None
         start = None
-        if state is None and cfg.model.get("start_finetuned") and not compression.dense:
+        if cfg.model.get("start_finetuned") and not compression.dense:  # resumed too: it is a distilled run's teacher
             fine_tuning = time.perf_counter()
             start = fine_tuned(cfg, run_dir, group)
             started += time.perf_counter() - fine_tuning  # the run's own wall time: its dense fine-tune has its own
