@@ -35,7 +35,8 @@ def test_compressed_runs_start_from_their_dense_fine_tune_which_trains_once(tmp_
     assert (dense_dir / "checkpoint.pt").stat().st_mtime_ns == stamp  # found finished, not trained again
     assert first["dense_test_acc"] == second["dense_test_acc"] == dense["test_acc"]  # both start from its weights
     listed = sweep.read_run(dense_dir)  # a run folder as Hydra makes them: tables and vcon-report list it
-    assert listed["status"] == "done" and listed["identity"] == identity.identity(make_config(*TINY, "compression=none"))
+    assert listed["status"] == "done"
+    assert listed["identity"] == identity.identity(make_config(*TINY, "compression=none"))
 
 
 def test_the_teacher_of_a_run_started_fine_tuned_is_the_dense_fine_tune(tmp_path):
@@ -78,7 +79,8 @@ def test_start_finetuned_leaves_every_other_run_id_as_it_was():
     assert "start_finetuned" not in identity.identity(make_config(FINETUNED.replace("true", "false")))["model"]
     assert identity.run_id(make_config(FINETUNED)) != identity.run_id(make_config())  # another start: another run
     # a dense run is its own fine-tune: asked for one, it is the same run
-    assert identity.run_id(make_config("compression=none", FINETUNED)) == identity.run_id(make_config("compression=none"))
+    dense = identity.run_id(make_config("compression=none"))
+    assert identity.run_id(make_config("compression=none", FINETUNED)) == dense
 
 
 @pytest.mark.parametrize("value", ["maybe", "1", "null"])
