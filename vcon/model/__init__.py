@@ -1,6 +1,7 @@
-"""Models (the ``model`` config group): a pretrained classifier from a local folder or a hub id, or one built from
-its configuration with random weights. ``inputs`` says what it takes: ``image`` (a ViT; the default) or ``text`` (a
-BERT-style encoder, with its tokenizer)."""
+"""Models (the ``model`` config group): a pretrained classifier from a local folder, a folder an installed Python
+package ships (``package:<package>/<folder>``, ``vcon.hub.local``) or a hub id, or one built from its configuration
+with random weights. ``inputs`` says what it takes: ``image`` (a ViT; the default) or ``text`` (a BERT-style encoder,
+with its tokenizer)."""
 from __future__ import annotations
 
 import dataclasses
