@@ -23,7 +23,7 @@ FINETUNED = "model.start_finetuned=true"
 def test_compressed_runs_start_from_their_dense_fine_tune_which_trains_once(tmp_path):
     runs = tmp_path / "runs"
     one_shot = make_config(*TINY, FINETUNED, "vcon.epochs=0", f"outputs={tmp_path}")
-    blended = make_config(*TINY, FINETUNED, "compression=quant", f"outputs={tmp_path}")
+    blended = make_config(*TINY, FINETUNED, "compression=quant", "method=gradual", f"outputs={tmp_path}")
     dense_dir = runs / identity.run_id(make_config(*TINY, "compression=none"))  # what compression=none trains
     assert runs / identity.run_id(job.dense_config(blended)) == dense_dir
 

@@ -126,10 +126,12 @@ def run(cfg: Any, run_dir: str | Path, on_epoch_end: Callable[[int], None] | Non
 
 
 def dense_config(cfg: Any) -> Any:
-    """The dense fine-tune of the run ``cfg``: the same settings with compression=none (its method and ``vcon`` then
-    leave its identity, and so does ``model.start_finetuned``)."""
+    """The dense fine-tune of the run ``cfg``: the same settings with compression=none and method=vcon, the one
+    method a dense run takes (both, with ``vcon``, ``distill`` and ``model.start_finetuned``, leave its identity: the
+    runs of every method share it)."""
     dense = copy.deepcopy(cfg)
-    dense.compression = OmegaConf.load(CONF / "compression" / "none.yaml")  # what compression=none composes
+    for group, option in (("compression", "none"), ("method", "vcon")):
+        dense[group] = OmegaConf.load(CONF / group / f"{option}.yaml")  # what group=option composes
     dense.model.start_finetuned, dense.export = False, False
     return dense
 
