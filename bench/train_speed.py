@@ -82,16 +82,20 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+CLOCK = time.perf_counter  # --clock cpu: time.process_time, this process's CPU seconds, which other jobs on a shared
+                           # machine leave alone (on the CPU, with --threads 1, they are its wall time on a quiet one)
+
+
 def timed(fn, steps: int, device: torch.device, repeats: int) -> float:
     """Median over ``repeats`` of the seconds ``steps`` calls take (the device drained before and after)."""
     times = []
     for _ in range(repeats):
         sync(device)
-        start = time.perf_counter()
+        start = CLOCK()
         for _ in range(steps):
             fn()
         sync(device)
-        times.append(time.perf_counter() - start)
+        times.append(CLOCK() - start)
     return statistics.median(times)
 
 
@@ -256,8 +260,8 @@ def table(rows: list[dict], plain: float | None, device_name: str) -> str:
                   "| compression | precision | compiled | CUDA graph | step | e2e | allowed |",
                   "|---|---|---|---|---|---|---|",
                   *overhead]
-    taught = [(r, by_key[(r["config"][:-3], *variant)]) for (config, *variant), r in by_key.items()
-              if config.endswith("+kd") and (config[:-3], *variant) in by_key]
+    taught = [(r, by_key[(name[:-3], *variant)]) for (name, *variant), r in by_key.items()
+              if name.endswith("+kd") and (name[:-3], *variant) in by_key]
     if taught:
         lines += ["", "Distillation's cost (taught by the dense model, against the same configuration untaught):", "",
                   "| configuration | precision | compiled | CUDA graph | time a step | e2e | teacher's weights | peak "
@@ -292,8 +296,15 @@ def main() -> None:
     parser.add_argument("--plain", action="store_true", help="also time a bare PyTorch loop on the dense model")
     parser.add_argument("--distill", action="store_true", help="also time each compressed configuration taught by "
                                                                "the dense model (distill=logits)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="cpu: this process's CPU seconds, for a CPU shared with other jobs (use --threads 1)")
+    parser.add_argument("--threads", type=int, default=None, help="torch's CPU threads (default: torch's own)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = parser.parse_args()
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     names = args.configs.split(",")
     unknown = sorted(set(names) - set(CONFIGS))
@@ -304,7 +315,7 @@ def main() -> None:
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     header = {"device": device_name, "torch": torch.__version__, "python": platform.python_version(),
               "model": args.model, "train": args.train, "batch": args.batch, "steps": args.steps,
-              "repeats": args.repeats, "threads": torch.get_num_threads()}
+              "repeats": args.repeats, "threads": torch.get_num_threads(), "clock": args.clock}
     try:
         import transformers
         header["transformers"] = transformers.__version__

@@ -127,10 +127,10 @@ def train_as_rank(rank: str, port: str, folder: str, scenario: str) -> None:
 
     train.Training.save = recorded_save
 
-    def run(name, on_epoch_end=None):
+    def run(name, on_epoch_end=None, *overrides):
         saved.clear()
         try:
-            job.run(make_config(*TINY), Path(folder) / name, on_epoch_end=on_epoch_end)
+            job.run(make_config(*TINY, *overrides), Path(folder) / name, on_epoch_end=on_epoch_end)
             code = 0
         except SystemExit as stopped:
             code = stopped.code
@@ -139,6 +139,15 @@ def train_as_rank(rank: str, port: str, folder: str, scenario: str) -> None:
     if scenario == "clocks":
         train.time = JumpingClock(3) if rank == "1" else time
         run("clocks")
+    elif scenario == "teacher":  # each process builds the scratch model from its own seed; rank 0's teaches all
+        fit = train.Training.fit
+
+        def recorded_fit(self, *args):
+            print(json.dumps({"teacher": sum(float(p.double().sum()) for p in self.teacher.model.parameters())}))
+            return fit(self, *args)
+
+        train.Training.fit = recorded_fit
+        run("teacher", None, "distill=logits", "train.epochs=1")
     else:  # signals to rank 0 alone: between two steps, then while it validates the epoch just trained
         run("between-steps", signal_me)
         run("between-steps")  # resumed
@@ -185,6 +194,14 @@ def test_two_processes_whose_clocks_disagree_checkpoint_together(tmp_path):
     done = [{"run": "clocks", "exit": 0, "saved": [2, 4, 8]}]
     assert two_ranks(tmp_path, "clocks") == [done, done]
     assert checkpoint.load(tmp_path / "clocks")["finished"] and (tmp_path / "clocks" / "results.json").exists()
+
+
+@requires_fashion_mnist
+def test_two_processes_are_taught_by_one_teacher(tmp_path):
+    """A model built from its config (vit-micro-scratch) starts from each process's own seed; the teacher, taken
+    before DDP would broadcast the student, is rank 0's in both processes."""
+    rank0, rank1 = two_ranks(tmp_path, "teacher")
+    assert rank0[0] == rank1[0] and rank0[1]["exit"] == rank1[1]["exit"] == 0
 
 
 @pytest.mark.slow
