@@ -58,6 +58,7 @@ def interrupt(epoch):
     raise Interrupted
 
 
+@pytest.mark.slow  # five short trainings: about 45 s
 def test_a_resumed_distilled_run_is_taught_by_the_fine_tune_again(tmp_path):
     """Stopped after its first epoch and started again, a distilled run goes on as if it had not stopped: its teacher
     is the dense fine-tune again, not the pretrained model."""
