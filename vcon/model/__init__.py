@@ -1,9 +1,11 @@
-"""Models (the ``model`` config group): a pretrained classifier from a local folder or a hub id, or one built from
-its configuration with random weights. ``inputs`` says what it takes: ``image`` (a ViT; the default) or ``text`` (a
-BERT-style encoder, with its tokenizer)."""
+"""Models (the ``model`` config group): a pretrained classifier from a local folder, a folder an installed Python
+package ships (``package:<package>/<folder>``, ``vcon.hub.local``) or a hub id, or one built from its configuration
+with random weights. ``inputs`` says what it takes: ``image`` (a ViT; the default) or ``text`` (a BERT-style encoder,
+with its tokenizer)."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -15,12 +17,29 @@ from torch import nn
 from vcon import hub
 from vcon.data.augment import Pipeline
 from vcon.data.text import TextPipeline, check_max_length, tokenizer, tokenizer_name
-from vcon.errors import require
-from vcon.schema import MAPPING, check_settings, integer, items, number, one_of, optional, registered, setting, text
+from vcon.errors import ConfigError, require
+from vcon.schema import (
+    FLAG,
+    MAPPING,
+    Allowed,
+    check_settings,
+    integer,
+    items,
+    number,
+    one_of,
+    optional,
+    registered,
+    setting,
+    text,
+)
 
 log = logging.getLogger(__name__)
 SOURCES = ("pretrained", "scratch")
-FOLDER_OR_HUB_ID = text("a folder in save_pretrained format, or a hub id")
+FOLDER_OR_HUB_ID = text("a folder in save_pretrained format, package:<package>/<folder> (one an installed Python "
+                        "package ships), or a hub id")
+SHA256 = Allowed("64 hexadecimal digits", lambda v: isinstance(v, str) and len(v) == 64
+                 and all(c in "0123456789abcdef" for c in v.lower()))
+WEIGHTS = "model.safetensors"  # what model.sha256 is the digest of
 
 
 @dataclasses.dataclass
@@ -32,6 +51,10 @@ class ModelConfig:
     source: str = setting(one_of(*SOURCES))
     pretrained: str | None = setting(optional(FOLDER_OR_HUB_ID, "source=scratch"), None)
     config: Any = setting(optional(MAPPING, "source=pretrained"), None)
+    # the SHA-256 of a local pretrained folder's model.safetensors, checked before it is read
+    sha256: str | None = setting(optional(SHA256, "not checked"), None)
+    # compress from the run's dense fine-tune (vcon/app/job.py), trained first where it is not finished
+    start_finetuned: bool = setting(FLAG, False)
 
 
 @dataclasses.dataclass
@@ -128,12 +151,21 @@ def check(cfg: Any) -> None:
     key, what = (("pretrained", FOLDER_OR_HUB_ID.text) if cfg.source == "pretrained" else
                  ("config", "transformers' settings of the model, for AutoConfig.for_model"))
     require(cfg.get(key) is not None, f"model.{key}", cfg.get(key), f"{what} (model.source={cfg.source})")
+    folders = {key: hub.local(str(name), f"model.{key}") for key, name in _names(cfg).items()}  # a package: installed
+    require(cfg.get("sha256") is None or folders.get("pretrained") is not None, "model.sha256", cfg.get("sha256"),
+            "null for a hub id (it is checked against a local folder's model.safetensors)")
     input_kind(cfg).check(cfg)
 
 
+def _names(cfg: Any) -> dict[str, str]:
+    """The model's and the tokenizer's names (folders, packages' folders or hub ids) that the config gives."""
+    names = {"pretrained": cfg.get("pretrained") if cfg.source == "pretrained" else None,
+             "tokenizer": cfg.get("tokenizer")}
+    return {key: str(name) for key, name in names.items() if name is not None}
+
+
 def needs_hub(cfg: Any) -> bool:
-    local = [cfg.get("tokenizer")] if cfg.source == "scratch" else [cfg.pretrained, cfg.get("tokenizer")]
-    return any(name is not None and not Path(str(name)).expanduser().is_dir() for name in local)
+    return any(hub.local(name) is None for name in _names(cfg).values())
 
 
 def example_inputs(model: nn.Module, batch: int) -> dict[str, torch.Tensor]:
@@ -157,7 +189,7 @@ def skeleton(cfg: Any) -> nn.Module | None:
 
         kind = INPUTS[inputs(cfg)]
         config = (transformers.AutoConfig.for_model(**cfg.config, **kind.scratch(cfg)) if cfg.source == "scratch" else
-                  transformers.AutoConfig.from_pretrained(str(Path(str(cfg.pretrained)).expanduser())))
+                  transformers.AutoConfig.from_pretrained(str(hub.local(str(cfg.pretrained)))))
         with torch.device("meta"):  # names and shapes only: no weight is read or allocated
             _SKELETONS[key] = getattr(transformers, kind.auto_class).from_config(config)
     return _SKELETONS[key]
@@ -176,11 +208,31 @@ def build(cfg: Any, num_classes: int) -> nn.Module:
         return auto.from_config(transformers.AutoConfig.for_model(**cfg.config, **kind.scratch(cfg),
                                                                   num_labels=num_classes))
     kwargs = dict(num_labels=num_classes, ignore_mismatched_sizes=True)
-    path = Path(str(cfg.pretrained)).expanduser()
-    model = (auto.from_pretrained(str(path), **kwargs) if path.is_dir() else
-             hub.from_pretrained(auto, str(cfg.pretrained), **kwargs))
+    folder = hub.local(str(cfg.pretrained))
+    if folder is None:
+        model = hub.from_pretrained(auto, str(cfg.pretrained), **kwargs)
+    else:
+        _check_weights(folder, cfg.get("sha256"))
+        model = auto.from_pretrained(str(folder), **kwargs)
     log.info("model %s: %.2f M parameters", cfg.name, sum(p.numel() for p in model.parameters()) / 1e6)
     return model
+
+
+def _check_weights(folder: Path, sha256: str | None) -> None:
+    """``model.sha256`` against the folder's weights, before anything reads them: a damaged or foreign file is a
+    message here, not a traceback from deep inside the loader."""
+    if sha256 is None:
+        return
+    weights = folder / WEIGHTS
+    if not weights.is_file():
+        raise ConfigError(f"model.sha256 is set but {folder} has no {WEIGHTS} to check; set model.sha256=null or "
+                          "choose the folder of the model it belongs to")
+    with open(weights, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    if digest != sha256.lower():
+        raise ConfigError(f"{weights} is damaged or not the model's weights: its SHA-256 is {digest}, model.sha256 "
+                          f"expects {sha256}; nothing was loaded. Reinstall or copy the model again, or set "
+                          "model.sha256 to the digest of the file you mean")
 
 
 ASSETS = Path(__file__).parent / "assets"  # models shipped inside the package

@@ -78,9 +78,14 @@ class Progress:
     mix_rng: Any = None  # MixUp's generator state, mid-epoch
 
 
-def build_dense(cfg: Any, num_classes: int, device: torch.device) -> tuple[nn.Module, Pipeline]:
-    """The configured model on ``device``, not yet compressed, and its input pipeline."""
-    net = model.build(cfg.model, num_classes).to(device)
+def build_dense(cfg: Any, num_classes: int, device: torch.device,
+                start: dict[str, torch.Tensor] | None = None) -> tuple[nn.Module, Pipeline]:
+    """The configured model on ``device``, not yet compressed, and its input pipeline; ``start``: the weights it
+    starts from instead (a dense fine-tune's, ``model.start_finetuned``)."""
+    net = model.build(cfg.model, num_classes)
+    if start is not None:
+        net.load_state_dict(start)
+    net = net.to(device)
     pipeline = model.input_kind(cfg.model).pipeline(cfg, net, num_classes, device, compiles(cfg.train, device))
     return net, pipeline
 
@@ -135,7 +140,8 @@ class Training:
     """One run from its build to its results: data, model and controller, optimizer step, progress, tracking."""
 
     def __init__(self, cfg: Any, run_dir: Path, identity: dict[str, Any], compression: Compression, method: Method,
-                 device: torch.device, world: distributed.World, state: dict[str, Any] | None) -> None:
+                 device: torch.device, world: distributed.World, state: dict[str, Any] | None,
+                 start: dict[str, torch.Tensor] | None = None) -> None:
         self.cfg, self.t, self.run_dir, self.device, self.world = cfg, cfg.train, run_dir, device, world
         self.identity = identity  # what the run computes (vcon.app.identity), saved in every checkpoint
         # data: a seeded order per epoch over `epoch_images` of the training split
@@ -149,7 +155,7 @@ class Training:
         beta_schedule = (schedule.ONE_SHOT if compression.dense else
                          schedule.from_config(cfg.vcon, self.steps_per_epoch, total_steps))
         # the model: its dense accuracy measured once, before compress_ (one-shot compresses at once), then compressed
-        self.net, self.pipeline = build_dense(cfg, self.dataset.num_classes, device)
+        self.net, self.pipeline = build_dense(cfg, self.dataset.num_classes, device, start)
         self.autocast = autocast_for(self.t, device)
         self.dense = (state.get("dense_test") or {"accuracy": state["dense_test_acc"]} if state  # older: accuracy
                       else self.evaluate(self.dataset.test))
