@@ -141,6 +141,7 @@ def stop_after_one(epoch):
         raise Interrupted
 
 
+@pytest.mark.slow
 @requires_fashion_mnist
 def test_a_taught_run_resumed_mid_transition_ends_like_an_uninterrupted_one(tmp_path):
     overrides = ("train.epochs=3", "vcon.epochs=2")

@@ -196,6 +196,7 @@ def test_two_processes_whose_clocks_disagree_checkpoint_together(tmp_path):
     assert checkpoint.load(tmp_path / "clocks")["finished"] and (tmp_path / "clocks" / "results.json").exists()
 
 
+@pytest.mark.slow
 @requires_fashion_mnist
 def test_two_processes_are_taught_by_one_teacher(tmp_path):
     """A model built from its config (vit-micro-scratch) starts from each process's own seed; the teacher, taken

@@ -68,6 +68,7 @@ def test_a_missing_package_is_one_line_at_check_time_with_how_to_install_it(monk
         model.needs_hub(cfg.model)  # never taken for a hub id
 
 
+@pytest.mark.slow
 def test_without_the_package_its_tests_are_skipped_with_the_install_line():
     done = subprocess.run([sys.executable, "-c", f"import sys; sys.modules[{PACKAGE!r}] = None; import pytest; "
                            f"sys.exit(pytest.main(['-q', '-rs', {__file__!r}, '-k', 'builds_offline']))"],

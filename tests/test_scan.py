@@ -177,6 +177,7 @@ def scan_py(*args: str, timeout: float = 300):
                           timeout=timeout)
 
 
+@pytest.mark.slow
 @requires_fashion_mnist
 def test_vcon_scan_refuses_in_one_line_and_leaves_no_folder(tmp_path):
     done = scan_py(*SMALL, "scan.budget.bits_per_weight=0.5", f"scan.out={tmp_path / 'scan'}")

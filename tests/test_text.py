@@ -163,6 +163,7 @@ def test_a_bert_built_from_its_config_resumes_exactly_where_it_stopped(tmp_path)
     assert resumed["test_acc"] == whole["test_acc"] and whole["dense_test_acc"] < 65  # random weights
 
 
+@pytest.mark.slow
 @requires_rotten_tomatoes
 def test_a_text_run_exports_and_the_export_scores_the_same(tmp_path):
     results = job.run(make_config(*TEXT, "compression=prune", "export=true"), tmp_path)
