@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Every GPU measurement of the project, prepared, for a lent GPU machine whose time is counted (a part a device call):
-#   graph   - train.cuda_graph: tests/test_cuda_graph.py's GPU tests (captured steps against eager ones), then
-#             bench/train_speed.py with each step a CUDA graph (compiled bf16). Never run yet: run it first, alone
-#             (at most 8 minutes: the tests stop at 3, the table at 5).
+#   smoke   - bench/smoke.py: every GPU path of a run once, briefly, side by side (the default run captured, gradual,
+#             a recipe, low rank taught by the dense model, bert-micro compiled, a streamed JPEG folder with workers,
+#             export, a resume after SIGTERM) and tests/test_cuda_graph.py's GPU tests; <= 4 min. Run it first: a
+#             failure prints its log and makes the script exit 1, after the parts that follow it
+#   graph   - train.cuda_graph: bench/train_speed.py with each step a CUDA graph (compiled bf16), the seven
+#             configurations; <= 5 min (and first tests/test_cuda_graph.py's GPU tests, <= 3 min, without smoke)
 #   graph_precision - the offline default run compiled and captured in bf16, 3 seeds (against precision's), <= 4 min
 #   speed   - bench/train_speed.py: the seven configurations, compiled bf16 (what a run uses) and eager bf16; the
 #             dense model also in eager fp32 (the reference's setting)
@@ -11,32 +14,46 @@
 #   torchvision - vcon's RandAugment against torchvision's, op by op (torchvision cannot be installed beside CPU torch)
 #   decode  - bench/decode_speed.py: JPEG decoding on the machine's cores (Pillow, as streamed runs do) against nvJPEG
 #             on the GPU (torchvision), 1,024 generated ImageNet-sized JPEGs; under 2 minutes
-# Usage: bash bench/gpu_checks.sh "graph graph_precision speed precision torchvision export decode" [results folder,
-#        default bench/results]; each part stays under 10 minutes (one device call), two or more may not
-# The machine needs torch, transformers and safetensors; hydra-core, omegaconf and antlr4 (pure Python) can come in
-# a folder on PYTHONPATH (VCON_PYDEPS), and Fashion-MNIST's IDX files in VCON_FASHION_MNIST. With this workplace's
-# device tool, prepare them once in an ignored folder and carry it (".gpu", 32 MB):
-#   sp=$(python -c 'import hydra, os; print(os.path.dirname(os.path.dirname(hydra.__file__)))')
-#   mkdir -p .gpu/pydeps .gpu/fashion-mnist && cp -r $sp/hydra $sp/omegaconf $sp/antlr4 .gpu/pydeps/ \
-#     && cp /usr/share/datasets/fashion-mnist/*.gz .gpu/fashion-mnist/ && echo /.gpu/ >> .git/info/exclude
-#   then run: VCON_PYDEPS=$PWD/.gpu/pydeps VCON_FASHION_MNIST=$PWD/.gpu/fashion-mnist bash bench/gpu_checks.sh
+# Usage: bash bench/gpu_checks.sh "smoke graph graph_precision speed precision torchvision export decode" [results
+#        folder, default bench/results]; "smoke graph" fits one device call of 9 minutes, other parts one each
+# The machine needs torch, transformers and safetensors (its image has them); hydra-core, omegaconf and antlr4 (pure
+# Python) come in a folder on PYTHONPATH (VCON_PYDEPS), and Fashion-MNIST's IDX files in VCON_FASHION_MNIST. With
+# this workplace's device tool: `bash bench/gpu_prepare.sh` makes them in .gpu/ (ignored, 33 MB); carry ".gpu" and run
+#   VCON_PYDEPS=$PWD/.gpu/pydeps VCON_FASHION_MNIST=$PWD/.gpu/fashion-mnist bash bench/gpu_checks.sh "smoke graph" $OUT
+# Dry run here first, with VCON_GPU_DRY_RUN=1 added: the parts' commands on the CPU, briefly, importing only what the
+# GPU machine's image has (bench/gpu_image/sitecustomize.py); the GPU tests then skip themselves.
 # Seen on an H200 (2026-11-27): speed ~5 min (7 compiled configurations, 7 eager, 1 fp32), precision ~1 min,
 # export ~3 min, torchvision ~10 s; a machine start ~40 s.
 set -uo pipefail
-what=" ${1:-graph graph_precision speed precision torchvision export decode} "
+what=" ${1:-smoke graph graph_precision speed precision torchvision export decode} "
 out=${2:-bench/results}
 mkdir -p "$out"
-export PYTHONUNBUFFERED=1 PYTHONPATH="${VCON_PYDEPS:+$VCON_PYDEPS:}$PWD${PYTHONPATH:+:$PYTHONPATH}"
+dry=${VCON_GPU_DRY_RUN:-}
+export PYTHONUNBUFFERED=1 PYTHONPATH="${dry:+$PWD/bench/gpu_image:}${VCON_PYDEPS:+$VCON_PYDEPS:}$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fmnist=${VCON_FASHION_MNIST:-/usr/share/datasets/fashion-mnist}
+status=0
 
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | tee "$out/gpu.txt"
+if [[ -n $dry ]]; then
+  device=cpu smoke_timeout=900 speed_args="--device cpu --model vit-micro --train micro --steps 2 --warmup 1 --repeats 1 --variants fp32:false"
+  echo "dry run on the CPU: the parts' commands, briefly, with only the GPU image's packages" | tee "$out/gpu.txt"
+else
+  device=cuda smoke_timeout=240 speed_args="--steps 20 --warmup 6 --variants bf16:true:graph"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | tee "$out/gpu.txt"
+fi
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 
+if [[ $what == *" smoke "* ]]; then  # the GPU tests run there, beside the runs, so that graph needs not wait on them
+  timeout $((smoke_timeout + 60)) python3 bench/smoke.py --device $device --fashion-mnist "$fmnist" --out "$out" \
+    --timeout $smoke_timeout 2>&1 | tee "$out/smoke.log" || status=1
+fi
+
 if [[ $what == *" graph "* ]]; then
-  timeout 180 python3 -m pytest -q -p no:cacheprovider tests/test_cuda_graph.py 2>&1 | tail -30 \
-    | tee "$out/cuda_graph_tests.log"
-  timeout 300 python3 bench/train_speed.py --out "$out" --steps 20 --warmup 6 --variants bf16:true:graph 2>&1 \
-    | grep -v "^Loading" | tee "$out/train_speed_graph.log"
+  if [[ $what != *" smoke "* ]]; then
+    timeout 180 python3 -m pytest -q -p no:cacheprovider tests/test_cuda_graph.py 2>&1 | tail -30 \
+      | tee "$out/cuda_graph_tests.log"
+  fi
+  timeout 300 python3 bench/train_speed.py --out "$out" $speed_args 2>&1 \
+    | grep -v "^Loading" | tee "$out/train_speed_graph.log" || status=1
 fi
 
 if [[ $what == *" graph_precision "* ]]; then
@@ -101,3 +118,4 @@ fi
 if [[ $what == *" decode "* ]]; then
   timeout 240 python3 bench/decode_speed.py --out "$out" 2>&1 | tee "$out/decode_speed.log"
 fi
+exit $status

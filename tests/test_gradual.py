@@ -124,6 +124,7 @@ def quick(folder, *overrides, on_epoch_end=None):
 def test_each_gradual_compression_runs_end_to_end(tmp_path, overrides, check):
     results = quick(tmp_path, *overrides)
     assert results["method"] == "gradual" and results["beta"] == 0.0 and results["q_steps"] == 8
+    assert results["cuda_graphs"] == 0  # never captured, even on CUDA: its shapes change every step
     assert check(results["compression"]), results["compression"]
     assert 10 < results["test_acc"] <= 100
 

@@ -59,10 +59,10 @@ def _from_hub(cfg: Any, model_cfg: Any = None) -> tuple[Split, Split]:
 
 @loader("imagefolder", check=_check_imagefolder, needs_hub=lambda cfg: False, schema=ImageFolder)
 def _imagefolder(cfg: Any, model_cfg: Any = None) -> tuple[Split, Split]:
-    import datasets  # a local folder never touches the hub
-
     if stream.streams(cfg):
-        return stream.folder(cfg)
+        return stream.folder(cfg)  # Pillow in worker processes: no `datasets` needed
+
+    import datasets  # a local folder never touches the hub
 
     ds = datasets.load_dataset("imagefolder", data_dir=str(Path(str(cfg.path)).expanduser()))
     train = _to_split(ds["train"], cfg)

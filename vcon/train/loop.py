@@ -375,6 +375,8 @@ class Training:
             "history": self.progress.history,
             "wall_time_s": time.perf_counter() - started,
             "device": str(self.device),
+            # CUDA graphs captured by this process (train.cuda_graph): 0 where every step ran eagerly
+            "cuda_graphs": self.step.captured.graphs_captured if self.step.captured else 0,
         }
         if self.cfg.save_pretrained:
             self.net.save_pretrained(self.run_dir / "pretrained")
