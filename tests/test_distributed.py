@@ -139,11 +139,14 @@ def train_as_rank(rank: str, port: str, folder: str, scenario: str) -> None:
     if scenario == "clocks":
         train.time = JumpingClock(3) if rank == "1" else time
         run("clocks")
-    elif scenario == "teacher":  # each process builds the scratch model from its own seed; rank 0's teaches all
+    elif scenario == "teacher":  # each process builds the scratch model from its own seed; rank 0's is everyone's
         fit = train.Training.fit
 
-        def recorded_fit(self, *args):
-            print(json.dumps({"teacher": sum(float(p.double().sum()) for p in self.teacher.model.parameters())}))
+        def recorded_fit(self, *args):  # before DDP, which would broadcast the student anyway
+            def total(net):
+                return sum(float(p.double().sum()) for p in net.parameters())
+            print(json.dumps({"teacher": total(self.teacher.model), "student": total(self.net),
+                              "dense_test": self.dense}))
             return fit(self, *args)
 
         train.Training.fit = recorded_fit
@@ -199,8 +202,9 @@ def test_two_processes_whose_clocks_disagree_checkpoint_together(tmp_path):
 @pytest.mark.slow
 @requires_fashion_mnist
 def test_two_processes_are_taught_by_one_teacher(tmp_path):
-    """A model built from its config (vit-micro-scratch) starts from each process's own seed; the teacher, taken
-    before DDP would broadcast the student, is rank 0's in both processes."""
+    """A model built from its config (vit-micro-scratch) starts from each process's own seed; before DDP would
+    broadcast it, the dense evaluation, the teacher and the compressed student are rank 0's model in both processes.
+    Before, the dense accuracy summed each process's own random model's counts on its half of the test split."""
     rank0, rank1 = two_ranks(tmp_path, "teacher")
     assert rank0[0] == rank1[0] and rank0[1]["exit"] == rank1[1]["exit"] == 0
 

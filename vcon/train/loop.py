@@ -112,16 +112,13 @@ def build_model(cfg: Any, compression: Compression, num_classes: int, device: to
     return compress_target(cfg, net, compression, beta_schedule, method), pipeline
 
 
-def teacher_for(cfg: Any, compression: Compression, net: nn.Module,
-                world: distributed.World = distributed.SINGLE) -> Teacher | None:
+def teacher_for(cfg: Any, compression: Compression, net: nn.Module) -> Teacher | None:
     """The dense model as it is now (call it before ``compress_``) as teacher, where ``distill`` asks for one; never
     for a dense run, which would only learn from its own starting point."""
     settings = Distill(**cfg.distill)
     if compression.dense or not settings.on:
         return None
-    teacher = Teacher(net, settings)
-    distributed.broadcast_(teacher.model, world)  # a model built from its config starts from each process's seed
-    return teacher
+    return Teacher(net, settings)
 
 
 def epoch_batches(split: data.Split, seed: int, epoch: int, images: int, batch_size: int, start: int = 0,
@@ -156,10 +153,13 @@ class Training:
                          schedule.from_config(cfg.vcon, self.steps_per_epoch, total_steps))
         # the model: its dense accuracy measured once, before compress_ (one-shot compresses at once), then compressed
         self.net, self.pipeline = build_dense(cfg, self.dataset.num_classes, device, start)
+        # a model built from its config starts from each process's own seed: rank 0's weights everywhere, before the
+        # dense evaluation (its counts are summed over the processes), the teacher's copy and compress_
+        distributed.broadcast_(self.net, world)
         self.autocast = autocast_for(self.t, device)
         self.dense = (state.get("dense_test") or {"accuracy": state["dense_test_acc"]} if state  # older: accuracy
                       else self.evaluate(self.dataset.test))
-        self.teacher = teacher_for(cfg, compression, self.net, world)  # frozen before compress_ moves the weights
+        self.teacher = teacher_for(cfg, compression, self.net)  # frozen before compress_ moves the weights
         self.controller = compress_target(cfg, self.net, compression, beta_schedule, method, self.steps_per_epoch,
                                           total_steps)
         log.info("dense test %s; %s%s", self.describe(self.dense), "dense fine-tuning" if compression.dense else
