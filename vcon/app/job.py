@@ -87,6 +87,11 @@ def _check_train(t: Any, data_cfg: Any) -> None:
             f"a number of epochs in [0, train.epochs={t.epochs}]")
 
 
+def uses_cuda(cfg: Any) -> bool:
+    """``device``: cuda, or auto where a CUDA device is visible (``check`` has refused cuda without one)."""
+    return cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+
+
 def run(cfg: Any, run_dir: str | Path, on_epoch_end: Callable[[int], None] | None = None, run_name: str | None = None,
         group: str | None = None) -> dict[str, Any] | None:
     """Train the configured run in ``run_dir``; returns its results (also in ``results.json``) on the main process.
@@ -98,7 +103,7 @@ def run(cfg: Any, run_dir: str | Path, on_epoch_end: Callable[[int], None] | Non
         hub.require_reachable(f"model {cfg.model.pretrained!r}")
     if data.needs_hub(cfg.data):
         hub.require_reachable(f"dataset {cfg.data.hub_id!r}")
-    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    use_cuda = uses_cuda(cfg)
     world = distributed.init(use_cuda)
     require(cfg.train.batch_size % (world.size * cfg.train.grad_accum) == 0, "train.batch_size",
             cfg.train.batch_size, f"divisible by processes x grad_accum = {world.size} x {cfg.train.grad_accum}")

@@ -143,8 +143,7 @@ def scan(cfg: Any, out: Path) -> dict[str, Any]:
     skeleton = model.skeleton(cfg.model)  # the budget against the costs before anything loads, where it can be
     if skeleton is not None:
         layout(skeleton, cfg, candidates, plan)
-    device = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-                          else "cpu")
+    device = torch.device("cuda" if job.uses_cuda(cfg) else "cpu")
     dataset = data.load(cfg.data, cfg.model).to(device)
     net, pipeline = build_dense(cfg, dataset.num_classes, device)
     names, groups, costs, weights = layout(net, cfg, candidates, plan)
