@@ -97,6 +97,7 @@ def main() -> None:
     parser.add_argument("--clock", default="wall", choices=["wall", "cpu"],
                         help="cpu: this process's CPU time (time.process_time), for a CPU shared with other load; "
                              "best with OMP_NUM_THREADS=1")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results"), help="the folder of the JSON file")
     args = parser.parse_args()
     if args.clock == "cpu" and args.device != "cpu":
         parser.error("--clock cpu times CPU work: it needs --device cpu")
@@ -129,7 +130,7 @@ def main() -> None:
                 f"{'; '.join(v['execution'] for v in figures['runtime'].values())}{extra} |")
             print(lines[-1], flush=True)
     print("\n" + "\n".join(lines))
-    out = Path(__file__).parent / "results" / f"export_speed_{args.device}.json"
+    out = Path(args.out) / f"export_speed_{args.device}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     print(f"\n(written to {out})")

@@ -6,6 +6,8 @@
 #             failure prints its log and makes the script exit 1, after the parts that follow it
 #   graph   - train.cuda_graph: bench/train_speed.py with each step a CUDA graph (compiled bf16), the seven
 #             configurations; <= 5 min (and first tests/test_cuda_graph.py's GPU tests, <= 3 min, without smoke)
+#   vits    - bench/train_speed.py on ViT-S/16 and ViT-B/16 (random weights: no hub there), the seven configurations
+#             compiled bf16 with graphs; <= 5 min
 #   graph_precision - the offline default run compiled and captured in bf16, 3 seeds (against precision's), <= 4 min
 #   speed   - bench/train_speed.py: the seven configurations, compiled bf16 (what a run uses) and eager bf16; the
 #             dense model also in eager fp32 (the reference's setting)
@@ -14,7 +16,7 @@
 #   torchvision - vcon's RandAugment against torchvision's, op by op (torchvision cannot be installed beside CPU torch)
 #   decode  - bench/decode_speed.py: JPEG decoding on the machine's cores (Pillow, as streamed runs do) against nvJPEG
 #             on the GPU (torchvision), 1,024 generated ImageNet-sized JPEGs; under 2 minutes
-# Usage: bash bench/gpu_checks.sh "smoke graph graph_precision speed precision torchvision export decode" [results
+# Usage: bash bench/gpu_checks.sh "smoke graph vits graph_precision speed precision torchvision export decode" [results
 #        folder, default bench/results]; "smoke graph" fits one device call of 9 minutes, other parts one each
 # The machine needs torch, transformers and safetensors (its image has them); hydra-core, omegaconf and antlr4 (pure
 # Python) come in a folder on PYTHONPATH (VCON_PYDEPS), and Fashion-MNIST's IDX files in VCON_FASHION_MNIST. With
@@ -25,7 +27,7 @@
 # Seen on an H200 (2026-11-27): speed ~5 min (7 compiled configurations, 7 eager, 1 fp32), precision ~1 min,
 # export ~3 min, torchvision ~10 s; a machine start ~40 s.
 set -uo pipefail
-what=" ${1:-smoke graph graph_precision speed precision torchvision export decode} "
+what=" ${1:-smoke graph vits graph_precision speed precision torchvision export decode} "
 out=${2:-bench/results}
 mkdir -p "$out"
 dry=${VCON_GPU_DRY_RUN:-}
@@ -33,11 +35,16 @@ export PYTHONUNBUFFERED=1 PYTHONPATH="${dry:+$PWD/bench/gpu_image:}${VCON_PYDEPS
 fmnist=${VCON_FASHION_MNIST:-/usr/share/datasets/fashion-mnist}
 status=0
 
-if [[ -n $dry ]]; then
-  device=cpu smoke_timeout=900 speed_args="--device cpu --model vit-micro --train micro --steps 2 --warmup 1 --repeats 1 --variants fp32:false"
+if [[ -n $dry ]]; then  # each part's commands, on a CPU: fewer steps, smaller batches, the GPU-only options left out
+  device=cpu smoke_timeout=900 brief="train.epochs=2 vcon.epochs=1 train.epoch_size=1024 data.test_size=1000"
+  quick="--device cpu --steps 2 --warmup 1 --repeats 1 --batch 16" graph_variant=fp32:false capture=auto
+  vits_configs=vanilla
+  export_args="--budget-s 0.05"
   echo "dry run on the CPU: the parts' commands, briefly, with only the GPU image's packages" | tee "$out/gpu.txt"
 else
-  device=cuda smoke_timeout=240 speed_args="--steps 20 --warmup 6 --variants bf16:true:graph"
+  device=cuda smoke_timeout=240 brief="" quick="" graph_variant=bf16:true:graph capture=true
+  vits_configs=vanilla,prune,prune_vcon,quant,quant_vcon,lrd,lrd_vcon
+  export_args="--device cuda"
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | tee "$out/gpu.txt"
 fi
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
@@ -52,14 +59,22 @@ if [[ $what == *" graph "* ]]; then
     timeout 180 python3 -m pytest -q -p no:cacheprovider tests/test_cuda_graph.py 2>&1 | tail -30 \
       | tee "$out/cuda_graph_tests.log"
   fi
-  timeout 300 python3 bench/train_speed.py --out "$out" $speed_args 2>&1 \
+  timeout 300 python3 bench/train_speed.py --out "$out" --steps 20 --warmup 6 --variants $graph_variant $quick 2>&1 \
     | grep -v "^Loading" | tee "$out/train_speed_graph.log" || status=1
 fi
 
+if [[ $what == *" vits "* ]]; then
+  for model in vit-small-scratch vit-base-scratch; do
+    timeout 150 python3 bench/train_speed.py --out "$out" --model $model --configs $vits_configs --steps 10 --warmup 5 \
+      --repeats 2 --variants $graph_variant $quick 2>&1 | grep -v "^Loading" | tee -a "$out/train_speed_vits.log"
+  done
+fi
+
 if [[ $what == *" graph_precision "* ]]; then
+  rm -rf /tmp/vcon-graph  # a run finished there earlier would be kept, not run again
   for seed in 0 1 2; do  # side by side, as precision's runs; compiled and captured, as a CUDA run would be
-    timeout 240 python3 run.py seed=$seed train.precision=bf16 train.cuda_graph=true device=cuda data.root="$fmnist" \
-      tracking.wandb.mode=disabled outputs=/tmp/vcon-graph >"/tmp/vcon-graph-$seed.log" 2>&1 &
+    timeout 240 python3 run.py seed=$seed train.precision=bf16 train.cuda_graph=$capture device=$device \
+      data.root="$fmnist" tracking.wandb.mode=disabled outputs=/tmp/vcon-graph $brief >"/tmp/vcon-graph-$seed.log" 2>&1 &
   done
   wait
   tail -n 3 /tmp/vcon-graph-*.log >"$out/precision_graph.log"
@@ -71,18 +86,19 @@ for path in sorted(glob.glob("/tmp/vcon-graph/runs/*/results.json")):
 fi
 
 if [[ $what == *" speed "* ]]; then
-  timeout 330 python3 bench/train_speed.py --out "$out" --steps 30 --warmup 8 --variants bf16:true,bf16:false 2>&1 | grep -v "^Loading" \
-    | tee "$out/train_speed.log"
-  timeout 60 python3 bench/train_speed.py --out "$out" --steps 30 --warmup 8 --configs vanilla --variants fp32:false 2>&1 | grep -v "^Loading" \
-    | tee -a "$out/train_speed.log"
+  timeout 330 python3 bench/train_speed.py --out "$out" --steps 30 --warmup 8 --variants bf16:true,bf16:false $quick 2>&1 \
+    | grep -v "^Loading" | tee "$out/train_speed.log"
+  timeout 60 python3 bench/train_speed.py --out "$out" --steps 30 --warmup 8 --configs vanilla --variants fp32:false $quick \
+    2>&1 | grep -v "^Loading" | tee -a "$out/train_speed.log"
 fi
 
 if [[ $what == *" precision "* ]]; then
   # Six independent runs side by side on the one GPU (each is small); eager, so that no compilation is timed.
+  rm -rf /tmp/vcon-precision
   for precision in fp32 bf16; do
     for seed in 0 1 2; do
-      timeout 150 python3 run.py seed=$seed train.precision=$precision train.compile=false device=cuda data.root="$fmnist" \
-        tracking.wandb.mode=disabled outputs=/tmp/vcon-precision >"/tmp/vcon-precision-$precision-$seed.log" 2>&1 &
+      timeout 150 python3 run.py seed=$seed train.precision=$precision train.compile=false device=$device data.root="$fmnist" \
+        tracking.wandb.mode=disabled outputs=/tmp/vcon-precision $brief >"/tmp/vcon-precision-$precision-$seed.log" 2>&1 &
     done
   done
   wait
@@ -111,8 +127,7 @@ if [[ $what == *" torchvision "* ]]; then
 fi
 
 if [[ $what == *" export "* ]]; then
-  python3 bench/export_speed.py --device cuda 2>&1 | tee "$out/export_speed.log"
-  cp bench/results/export_speed_*.json "$out/" 2>/dev/null || true
+  python3 bench/export_speed.py $export_args --out "$out" 2>&1 | tee "$out/export_speed.log"
 fi
 
 if [[ $what == *" decode "* ]]; then

@@ -75,6 +75,7 @@ CONFIGS = {
 }
 DEFAULT_CONFIGS = [name for name, (_, _, recipe) in CONFIGS.items() if recipe is None]  # the reference's seven
 REFERENCE = json.loads((ROOT / "bench" / "reference-throughput-h100.json").read_text())
+REFERENCE_SETTING = ("vit-tiny-scratch", "paper", REFERENCE["batch"])  # what it measured: ViT-T/16, its recipe
 
 
 def sync(device: torch.device) -> None:
@@ -109,7 +110,7 @@ def compose_config(model: str, train_group: str, extra: list[str]):
 def fake_cifar(cfg, device: torch.device, n: int) -> data.Split:
     """CIFAR-sized uint8 images at the model's native resolution for its data (32 px RGB, or 28 px grey for the
     Fashion-MNIST models): speed does not depend on the pixels, and the hub is not needed."""
-    channels = cfg.model.vit.num_channels if cfg.model.source == "scratch" else len(cfg.model.mean)
+    channels = cfg.model.config.num_channels if cfg.model.source == "scratch" else len(cfg.model.mean)
     side = 32 if channels == 3 else 28
     g = torch.Generator().manual_seed(0)
     return data.Split(torch.randint(0, 256, (n, channels, side, side), dtype=torch.uint8, generator=g),
@@ -223,8 +224,9 @@ def plain_loop(args, device: torch.device) -> float:
     return args.batch * args.steps / timed(one, args.steps, device, args.repeats)
 
 
-def table(rows: list[dict], plain: float | None, device_name: str) -> str:
-    reference = REFERENCE["img_per_s"]
+def table(rows: list[dict], plain: float | None, device_name: str, comparable: bool = True) -> str:
+    """The figures as Markdown; ``comparable``: the model, recipe and batch are the reference's (else no ratio)."""
+    reference = REFERENCE["img_per_s"] if comparable else {}
     on_reference_card = "H100" in device_name
     lines = ["| configuration | precision | compiled | CUDA graph | e2e img/s | step img/s | pipeline img/s | "
              "reference e2e | e2e / reference |", "|---|---|---|---|---|---|---|---|---|"]
@@ -234,7 +236,7 @@ def table(rows: list[dict], plain: float | None, device_name: str) -> str:
         if ref and not on_reference_card:
             ratio += " (other card)"
         lines.append(f"| {r['config']} | {r['precision']} | {r['compile']} | {r['graph']} | {r['e2e']:,.0f} | "
-                     f"{r['step']:,.0f} | {r['pipeline']:,.0f} | {ref or 0:,.0f} | {ratio} |")
+                     f"{r['step']:,.0f} | {r['pipeline']:,.0f} | {f'{ref:,.0f}' if ref else '–'} | {ratio} |")
     by_key = {(r["config"], r["precision"], r["compile"], r["graph"]): r for r in rows}
     overhead = []
     for base, limit in (("prune", 10), ("quant", 10), ("lrd", 40)):
@@ -325,7 +327,7 @@ def main() -> None:
     rows = [measure(name, args, device, *variant, distill) for variant in pairs for name in names
             for distill in ((False, True) if args.distill and name != "vanilla" else (False,))]
     plain = plain_loop(args, device) if args.plain else None
-    text = table(rows, plain, device_name)
+    text = table(rows, plain, device_name, (args.model, args.train, args.batch) == REFERENCE_SETTING)
     print(text)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
