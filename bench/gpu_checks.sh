@@ -5,7 +5,7 @@
 #             export, a resume after SIGTERM) and tests/test_cuda_graph.py's GPU tests; <= 4 min. Run it first: a
 #             failure prints its log and makes the script exit 1, after the parts that follow it
 #   graph   - train.cuda_graph: bench/train_speed.py with each step a CUDA graph (compiled bf16), the seven
-#             configurations; <= 5 min (and first tests/test_cuda_graph.py's GPU tests, <= 3 min, without smoke)
+#             configurations; <= 4.5 min (and first tests/test_cuda_graph.py's GPU tests, <= 3 min, without smoke)
 #   vits    - bench/train_speed.py on ViT-S/16 and ViT-B/16 (random weights: no hub there), the seven configurations
 #             compiled bf16 with graphs; <= 5 min
 #   graph_precision - the offline default run compiled and captured in bf16, 3 seeds (against precision's), <= 4 min
@@ -59,7 +59,7 @@ if [[ $what == *" graph "* ]]; then
     timeout 180 python3 -m pytest -q -p no:cacheprovider tests/test_cuda_graph.py 2>&1 | tail -30 \
       | tee "$out/cuda_graph_tests.log"
   fi
-  timeout 300 python3 bench/train_speed.py --out "$out" --steps 20 --warmup 6 --variants $graph_variant $quick 2>&1 \
+  timeout 270 python3 bench/train_speed.py --out "$out" --steps 20 --warmup 6 --variants $graph_variant $quick 2>&1 \
     | grep -v "^Loading" | tee "$out/train_speed_graph.log" || status=1
 fi
 
