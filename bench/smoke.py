@@ -98,7 +98,10 @@ def row(name: str, rc: int | None, seconds: float, log: Path, outputs: Path, dev
     r = {"path": name, "status": "ran" if rc == 0 else ("timed out" if rc is None else f"failed (exit {rc})"),
          "seconds": round(seconds)}
     if name == "tests":
-        return r | {"note": text.strip().splitlines()[-1] if text.strip() else ""}  # pytest's summary line
+        summary = text.strip().splitlines()[-1] if text.strip() else ""  # pytest's last line
+        if rc == 0 and device == "cuda" and "skipped" in summary:
+            r["status"] = "failed (GPU tests skipped)"
+        return r | {"note": summary}
     found = sorted((outputs / name).glob("runs/*/results.json"))
     if found:
         res = json.loads(found[-1].read_text())
@@ -118,7 +121,8 @@ def row(name: str, rc: int | None, seconds: float, log: Path, outputs: Path, dev
         wrong.append("nothing exported")
     if wrong:
         r["status"] = "failed (" + ", ".join(wrong) + ")"
-    r["note"] = {"resume": "stopped by SIGTERM after epoch 1, resumed", "export": "exported"}.get(name, "") if not wrong else ""
+    if not wrong:
+        r["note"] = {"resume": "stopped by SIGTERM after epoch 1, resumed", "export": "exported"}.get(name, "")
     return r
 
 
