@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,27 +33,39 @@ from stream_speed import generate
 
 SHORT = ["train.epochs=2", "vcon.epochs=1", "train.epoch_size=4096", "data.test_size=2000", "train.cuda_graph=auto",
          "tracking.wandb.mode=disabled"]
-# name: the overrides after SHORT ("{jpegs}" is the generated folder); every path without data= reads Fashion-MNIST
+
+
+@dataclass(frozen=True)
+class Run:
+    """A path that is a run.py process: its overrides after SHORT (without data=, it reads Fashion-MNIST), and what
+    it must show beyond exiting well."""
+
+    overrides: tuple[str, ...] = ()
+    captures: bool = True  # on CUDA, CUDA graphs captured (train.cuda_graph=auto); False: none may be
+    jpegs: bool = False  # reads the generated JPEG folder, "{jpegs}" in its overrides
+    interrupt_after: str | None = None  # SIGTERM once its log says this, then the same command again: must resume
+    exports: bool = False  # must write its export
+
+
 RUNS = {
-    "default": [],                                                 # VCON pruning 90 %, compiled, captured, bf16
-    "gradual": ["method=gradual"],                                 # never captured: its shapes change every step
-    "recipe": ["compression=recipe-attention-binary-mlp-lrd", "compression.groups.mlp.rank=8"],
-    "lrd-teacher": ["compression=lrd", "compression.rank=8", "distill=logits"],  # the teacher inside the graph
-    "bert-compiled": ["model=bert-micro", "data=rotten-tomatoes", "train.compile=true", "train.epoch_size=2048"],
-    "streamed": ["data=imagefolder", "data.path={jpegs}", "data.stream=true", "data.workers=4", "data.image_size=64",
-                 "data.val_size=100", "data.test_size=null"],
-    "export": ["export=true"],
-    "resume": ["train.epochs=3"],                                  # SIGTERM after epoch 1, then run again
+    "default": Run(),  # VCON pruning 90 %, compiled, captured, bf16
+    "gradual": Run(("method=gradual",), captures=False),  # its shapes change every step
+    "recipe": Run(("compression=recipe-attention-binary-mlp-lrd", "compression.groups.mlp.rank=8")),
+    "lrd-teacher": Run(("compression=lrd", "compression.rank=8", "distill=logits")),  # the teacher inside the graph
+    "bert-compiled": Run(("model=bert-micro", "data=rotten-tomatoes", "train.compile=true", "train.epoch_size=2048"),
+                         captures=False),  # text: a new sequence length in most batches
+    "streamed": Run(("data=imagefolder", "data.path={jpegs}", "data.stream=true", "data.workers=4",
+                     "data.image_size=64", "data.val_size=100", "data.test_size=null"), jpegs=True),
+    "export": Run(("export=true",), exports=True),
+    "resume": Run(("train.epochs=3",), interrupt_after="epoch 1/3"),
 }
-TESTS = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_cuda_graph.py"]  # captured against eager steps
-INTERRUPT_AFTER = "epoch 1/3"  # the resume path's first process is stopped once its log says this
-NEVER_CAPTURED = {"gradual", "bert-compiled"}  # on CUDA every other run must capture graphs (train.cuda_graph=auto)
+TESTS = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_cuda_graph.py"]  # the one path that is no run
 
 
 def command(name: str, device: str, fashion_mnist: str, jpegs: Path, outputs: Path) -> list[str]:
     if name == "tests":
         return [sys.executable, *TESTS]
-    extra = [o.format(jpegs=jpegs) for o in RUNS[name]]
+    extra = [o.format(jpegs=jpegs) for o in RUNS[name].overrides]
     data_root = [] if any(o.startswith("data=") for o in extra) else [f"data.root={fashion_mnist}"]
     return [sys.executable, "run.py", *SHORT, *data_root, *extra, f"device={device}", f"outputs={outputs / name}"]
 
@@ -76,14 +89,15 @@ def interrupt_when_logged(proc: subprocess.Popen, log: Path, text: str, deadline
 
 
 def finish(name: str, cmd: list[str], logs: Path, env: dict, deadline: float, jpegs: Path) -> tuple[int | None, float]:
-    """Run a path to its end (the streamed path: its folder generated first; the resume path: stopped after epoch 1,
-    then run again); its exit code (None on timeout) and seconds."""
-    began = time.monotonic()
-    if name == "streamed":
+    """Run a path to its end (its JPEG folder generated first, where it reads one; stopped and run again, where it
+    is interrupted); its exit code (None on timeout) and seconds."""
+    began, run = time.monotonic(), RUNS.get(name)
+    if run and run.jpegs:
         generate(jpegs, 1000)  # 100 a class in train/, 10 in val/ (the test split); kept for the next call
     proc = start(name, cmd, logs, env)
     try:
-        if name == "resume" and interrupt_when_logged(proc, logs / f"{name}.log", INTERRUPT_AFTER, deadline):
+        if run and run.interrupt_after and interrupt_when_logged(proc, logs / f"{name}.log", run.interrupt_after,
+                                                                 deadline):
             proc = start(name, cmd, logs, env)
         return proc.wait(max(1.0, deadline - time.monotonic())), time.monotonic() - began
     except subprocess.TimeoutExpired:
@@ -109,20 +123,22 @@ def row(name: str, rc: int | None, seconds: float, log: Path, outputs: Path, dev
               "images_per_s": round(res["history"][-1]["images_per_s"]), "cuda_graphs": res.get("cuda_graphs"),
               "device": res["device"]}
     r["compiled"] = "blocks with torch.compile" in text
-    wrong = []
+    run, wrong = RUNS[name], []
     if rc == 0 and device == "cuda":
         if not r["compiled"]:
             wrong.append("not compiled")
-        if (r.get("cuda_graphs") == 0) != (name in NEVER_CAPTURED):
+        if (r.get("cuda_graphs") == 0) == run.captures:
             wrong.append(f"{r.get('cuda_graphs')} CUDA graphs captured")
-    if rc == 0 and name == "resume" and "resumed " not in text:
+    if rc == 0 and run.interrupt_after and "resumed " not in text:
         wrong.append("not resumed")
-    if rc == 0 and name == "export" and not (found and "export" in res):
+    if rc == 0 and run.exports and not (found and "export" in res):
         wrong.append("nothing exported")
     if wrong:
         r["status"] = "failed (" + ", ".join(wrong) + ")"
-    if not wrong:
-        r["note"] = {"resume": "stopped by SIGTERM after epoch 1, resumed", "export": "exported"}.get(name, "")
+    elif run.interrupt_after:
+        r["note"] = f"stopped by SIGTERM after '{run.interrupt_after}', resumed"
+    elif run.exports:
+        r["note"] = "exported"
     return r
 
 
