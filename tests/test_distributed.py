@@ -189,6 +189,7 @@ def two_ranks(tmp_path, scenario: str, timeout: float = 120) -> list[list[dict]]
     return [[json.loads(line) for line in out.splitlines()] for out, _ in outputs]
 
 
+@pytest.mark.slow
 @requires_fashion_mnist
 def test_two_processes_whose_clocks_disagree_checkpoint_together(tmp_path):
     """Rank 1's clock says a checkpoint is overdue at step 2, rank 0's does not: both save there (any process's

@@ -141,6 +141,7 @@ def test_the_strength_is_logged_per_step_to_tensorboard(tmp_path):
         assert value == pytest.approx(0.9 * (1 - (1 - min(step / 16, 1)) ** 3), abs=1e-6)
 
 
+@pytest.mark.slow
 @requires_fashion_mnist
 @pytest.mark.parametrize("overrides", [("compression=prune",), ("compression=lrd", "compression.rank=4",
                                                                   "method.svd_every=3")], ids=["prune", "low rank"])

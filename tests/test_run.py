@@ -121,8 +121,9 @@ def stop_after(epochs):
     ("compression=lrd", "compression.rank=4", "train.epochs=3", "vcon.epochs=1"),  # after originals were dropped
     ("compression=quant", "train.epochs=2", "train.augment.randaugment.enabled=true",  # the paper's augmentation:
      "train.augment.mixup_alpha=1.0"),  # its random draws are replayed exactly on resume
-    ("compression=recipe-attention-binary-mlp-lrd", "compression.groups.mlp.rank=4", "train.epochs=3",  # a recipe:
-     "vcon.epochs=1", "+compression.groups.attention.vcon.epochs=2"),  # attention mid-transition, MLP's originals gone
+    # a recipe, attention mid-transition and the MLP's originals gone (9 s: slow tier)
+    pytest.param(("compression=recipe-attention-binary-mlp-lrd", "compression.groups.mlp.rank=4", "train.epochs=3",
+                  "vcon.epochs=1", "+compression.groups.attention.vcon.epochs=2"), marks=pytest.mark.slow),
 ])
 def test_resumed_run_matches_an_uninterrupted_one(tmp_path, overrides, trained):
     whole_dir, whole = trained(*overrides)

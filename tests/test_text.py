@@ -143,6 +143,7 @@ def test_each_compression_and_method_trains_bert_micro_on_real_text(tmp_path, ov
     assert [h["epoch"] for h in results["history"]] == [1, 2]
 
 
+@pytest.mark.slow
 @requires_rotten_tomatoes
 def test_a_bert_built_from_its_config_resumes_exactly_where_it_stopped(tmp_path):
     """Stopped after epoch 1 of 3 (β = 0.5, low rank): the resumed run ends as the uninterrupted one."""
